@@ -1,0 +1,1 @@
+//! Domain <-> wire conversions (being written).

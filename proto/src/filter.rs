@@ -1,0 +1,1 @@
+//! The filter predicate language (being written).

@@ -1,0 +1,1 @@
+//! Byte encoding of log entries (being written).
