@@ -1,1 +1,0 @@
-//! The filter predicate language (being written).
