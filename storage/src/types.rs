@@ -21,15 +21,15 @@ openraft::declare_raft_types!(
 /// Raft node id.
 pub type NodeId = u64;
 /// A log id (leader term + node, index) under [`TypeConfig`].
-pub type LogId = openraft::alias::LogIdOf<TypeConfig>;
+pub type LogId = openraft::type_config::alias::LogIdOf<TypeConfig>;
 /// A vote under [`TypeConfig`].
-pub type Vote = openraft::alias::VoteOf<TypeConfig>;
+pub type Vote = openraft::type_config::alias::VoteOf<TypeConfig>;
 /// A log entry under [`TypeConfig`].
-pub type Entry = openraft::alias::EntryOf<TypeConfig>;
+pub type Entry = openraft::type_config::alias::EntryOf<TypeConfig>;
 /// Membership as stored in the state machine.
-pub type StoredMembership = openraft::alias::StoredMembershipOf<TypeConfig>;
+pub type StoredMembership = openraft::type_config::alias::StoredMembershipOf<TypeConfig>;
 /// Snapshot metadata.
-pub type SnapshotMeta = openraft::alias::SnapshotMetaOf<TypeConfig>;
+pub type SnapshotMeta = openraft::type_config::alias::SnapshotMetaOf<TypeConfig>;
 
 /// Replicated settings of a data group. They live in the log (not in local config files)
 /// because apply depends on them and every replica must apply identically.

@@ -1,1 +1,0 @@
-//! Domain <-> wire conversions (being written).
