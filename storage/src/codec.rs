@@ -1,1 +1,0 @@
-//! Byte encoding of log entries (being written).

@@ -1,0 +1,198 @@
+//! A fault-injecting [`FileSystem`] for tests (of this crate and of its users): it wraps
+//! another file system and can count fsyncs, hold them back until released, make them
+//! fail, or tear writes (write a prefix, then fail), as a crash or a full disk would.
+//!
+//! Not for production use; it is public so integration tests elsewhere can inject faults.
+
+use std::io;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+
+use super::fs::{FileSystem, LogFile, OpenMode, StdFs};
+
+/// A file system that injects faults into another one. Clones share their fault settings.
+#[derive(Debug, Clone)]
+pub struct FaultyFs {
+    inner: Arc<dyn FileSystem>,
+    state: Arc<FaultState>,
+}
+
+#[derive(Debug, Default)]
+struct FaultState {
+    file_syncs_started: AtomicU64,
+    file_syncs_done: AtomicU64,
+    dir_syncs: AtomicU64,
+    fail_syncs: AtomicBool,
+    /// Bytes that may still be written before writes tear; `u64::MAX` for no limit.
+    write_budget: AtomicU64,
+    held: Mutex<bool>,
+    released: Condvar,
+}
+
+impl Default for FaultyFs {
+    fn default() -> Self {
+        Self::new(Arc::new(StdFs))
+    }
+}
+
+impl FaultyFs {
+    /// Wraps `inner` with no fault enabled.
+    pub fn new(inner: Arc<dyn FileSystem>) -> Self {
+        let state = FaultState {
+            write_budget: AtomicU64::new(u64::MAX),
+            ..FaultState::default()
+        };
+        Self {
+            inner,
+            state: Arc::new(state),
+        }
+    }
+
+    /// File fsyncs that completed (successfully or not).
+    pub fn file_syncs(&self) -> u64 {
+        self.state.file_syncs_done.load(Ordering::SeqCst)
+    }
+
+    /// File fsyncs that started (some may be held).
+    pub fn file_syncs_started(&self) -> u64 {
+        self.state.file_syncs_started.load(Ordering::SeqCst)
+    }
+
+    /// Directory fsyncs.
+    pub fn dir_syncs(&self) -> u64 {
+        self.state.dir_syncs.load(Ordering::SeqCst)
+    }
+
+    /// Makes every later file fsync block until [`Self::release_syncs`].
+    pub fn hold_syncs(&self) {
+        *self
+            .state
+            .held
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = true;
+    }
+
+    /// Lets held and later fsyncs proceed.
+    pub fn release_syncs(&self) {
+        *self
+            .state
+            .held
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = false;
+        self.state.released.notify_all();
+    }
+
+    /// Makes file fsyncs fail (`true`) or succeed (`false`).
+    pub fn fail_syncs(&self, fail: bool) {
+        self.state.fail_syncs.store(fail, Ordering::SeqCst);
+    }
+
+    /// Lets `bytes` more bytes be written; the write that would exceed them writes only the
+    /// allowed prefix and fails, and later writes fail. `None` removes the limit.
+    pub fn tear_writes_after(&self, bytes: Option<u64>) {
+        self.state
+            .write_budget
+            .store(bytes.unwrap_or(u64::MAX), Ordering::SeqCst);
+    }
+}
+
+impl FileSystem for FaultyFs {
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        self.inner.create_dir_all(dir)
+    }
+
+    fn list_dir(&self, dir: &Path) -> io::Result<Vec<String>> {
+        self.inner.list_dir(dir)
+    }
+
+    fn open(&self, path: &Path, mode: OpenMode) -> io::Result<Arc<dyn LogFile>> {
+        Ok(Arc::new(FaultyFile {
+            inner: self.inner.open(path, mode)?,
+            state: Arc::clone(&self.state),
+        }))
+    }
+
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        self.inner.remove_file(path)
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        self.inner.rename(from, to)
+    }
+
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        self.state.dir_syncs.fetch_add(1, Ordering::SeqCst);
+        self.inner.sync_dir(dir)
+    }
+
+    fn exists(&self, path: &Path) -> io::Result<bool> {
+        self.inner.exists(path)
+    }
+}
+
+#[derive(Debug)]
+struct FaultyFile {
+    inner: Arc<dyn LogFile>,
+    state: Arc<FaultState>,
+}
+
+impl LogFile for FaultyFile {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        self.inner.read_at(buf, offset)
+    }
+
+    fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        let want = buf.len() as u64;
+        let budget = &self.state.write_budget;
+        let mut left = budget.load(Ordering::SeqCst);
+        loop {
+            if left == u64::MAX {
+                return self.inner.write_all_at(buf, offset);
+            }
+            let take = left.min(want);
+            match budget.compare_exchange(left, left - take, Ordering::SeqCst, Ordering::SeqCst) {
+                Ok(_) if take == want => return self.inner.write_all_at(buf, offset),
+                Ok(_) => {
+                    // `take < want <= usize::MAX`.
+                    self.inner.write_all_at(&buf[..take as usize], offset)?;
+                    return Err(io::Error::other("injected fault: torn write"));
+                }
+                Err(now) => left = now,
+            }
+        }
+    }
+
+    fn sync_data(&self) -> io::Result<()> {
+        self.state.file_syncs_started.fetch_add(1, Ordering::SeqCst);
+        {
+            let mut held = self
+                .state
+                .held
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            while *held {
+                held = self
+                    .state
+                    .released
+                    .wait(held)
+                    .unwrap_or_else(PoisonError::into_inner);
+            }
+        }
+        let res = if self.state.fail_syncs.load(Ordering::SeqCst) {
+            Err(io::Error::other("injected fault: fsync failed"))
+        } else {
+            self.inner.sync_data()
+        };
+        self.state.file_syncs_done.fetch_add(1, Ordering::SeqCst);
+        res
+    }
+
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.inner.set_len(len)
+    }
+
+    fn size(&self) -> io::Result<u64> {
+        self.inner.size()
+    }
+}

@@ -1,0 +1,60 @@
+//! The meta file: the vote and the last purged log id, the two facts Raft needs durable
+//! before the call that changes them returns. It is tiny and rarely written (elections,
+//! purges), so it is replaced whole and atomically: write `meta.tmp`, fsync it, rename it
+//! over `meta`, fsync the directory. A reader therefore sees the old or the new file,
+//! never a mix; a checksum catches anything else.
+
+use std::path::Path;
+
+use super::format::{self, Meta, META_FILE, META_FILE_LEN, TMP_SUFFIX};
+use super::fs::{FileSystem, OpenMode};
+use crate::error::{Error, Result};
+
+/// Reads the meta file of `dir`; a missing file is the empty meta of a new log.
+pub(crate) fn read(fs: &dyn FileSystem, dir: &Path) -> Result<Meta> {
+    let path = dir.join(META_FILE);
+    let ctx = |what: &str| format!("{what} {}", path.display());
+    if !fs
+        .exists(&path)
+        .map_err(|e| Error::io(ctx("checking"), e))?
+    {
+        return Ok(Meta::default());
+    }
+    let file = fs
+        .open(&path, OpenMode::Read)
+        .map_err(|e| Error::io(ctx("opening"), e))?;
+    let len = file.size().map_err(|e| Error::io(ctx("measuring"), e))?;
+    if len != META_FILE_LEN as u64 {
+        return Err(Error::corruption(
+            &path,
+            0,
+            format!("meta file is {len} bytes, expected {META_FILE_LEN}"),
+        ));
+    }
+    let mut b = [0u8; META_FILE_LEN];
+    file.read_exact_at(&mut b, 0)
+        .map_err(|e| Error::io(ctx("reading"), e))?;
+    format::decode_meta(&b).map_err(|r| Error::corruption(&path, 0, r))
+}
+
+/// Replaces the meta file of `dir` with `meta`, durably.
+pub(crate) fn write(fs: &dyn FileSystem, dir: &Path, meta: &Meta) -> Result<()> {
+    let path = dir.join(META_FILE);
+    let tmp = dir.join(format!("{META_FILE}{TMP_SUFFIX}"));
+    let ctx = |what: &str| format!("{what} {}", tmp.display());
+    if fs.exists(&tmp).map_err(|e| Error::io(ctx("checking"), e))? {
+        fs.remove_file(&tmp)
+            .map_err(|e| Error::io(ctx("removing stale"), e))?;
+    }
+    let file = fs
+        .open(&tmp, OpenMode::CreateNew)
+        .map_err(|e| Error::io(ctx("creating"), e))?;
+    file.write_all_at(&format::encode_meta(meta), 0)
+        .map_err(|e| Error::io(ctx("writing"), e))?;
+    file.sync_data().map_err(|e| Error::io(ctx("syncing"), e))?;
+    drop(file);
+    fs.rename(&tmp, &path)
+        .map_err(|e| Error::io(ctx("renaming"), e))?;
+    fs.sync_dir(dir)
+        .map_err(|e| Error::io(format!("syncing directory {}", dir.display()), e))
+}

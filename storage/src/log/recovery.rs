@@ -1,0 +1,258 @@
+//! Opening a log directory: rebuild the in-memory view from the files, repair a torn tail,
+//! and refuse anything else that is damaged.
+//!
+//! 1. Remove `*.tmp` files (creations that never completed), read the meta file.
+//! 2. Scan the newest segment record by record. Bad bytes at its end with no valid record
+//!    after them are a torn write: the file is cut back to its last whole record. A bad
+//!    record followed by a valid one is corruption (unless [`RecoveryMode::TruncateTail`]).
+//! 3. For each older segment, read the seal at its end. A segment whose entries Raft has
+//!    all purged is retained as is (its range comes from the seal; its records are checked
+//!    when raw-read); any other is scanned in full and must be whole.
+//! 4. Check continuity: no overlap between segments, no gap above the purged index, and
+//!    the first unpurged entry right after the purged one.
+//!
+//! Any failure names the file and the offset ([`crate::Error::Corruption`]): recovery
+//! never drops data it cannot prove was unacknowledged.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex, RwLock};
+
+use super::config::{LogConfig, RecoveryMode};
+use super::flusher::Flusher;
+use super::format::{self, TMP_SUFFIX};
+use super::fs::{FileSystem, OpenMode};
+use super::meta;
+use super::segment::{self, ScanKind, Segment};
+use super::store::{Inner, Shared};
+use crate::error::{Error, Result};
+use crate::types::LogId;
+
+/// Opens (creating if needed) the log in `config.dir`.
+pub(crate) fn open(config: LogConfig, fs: Arc<dyn FileSystem>) -> Result<Shared> {
+    let dir = config.dir.clone();
+    let fsr = fs.as_ref();
+    fsr.create_dir_all(&dir)
+        .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+    if let Some(a) = &config.archive_dir {
+        fsr.create_dir_all(a)
+            .map_err(|e| Error::io(format!("creating {}", a.display()), e))?;
+    }
+    let names = fsr
+        .list_dir(&dir)
+        .map_err(|e| Error::io(format!("listing {}", dir.display()), e))?;
+    let mut firsts = Vec::new();
+    for name in &names {
+        if name.ends_with(TMP_SUFFIX) {
+            let p = dir.join(name);
+            tracing::info!(file = %p.display(), "removing an incomplete file");
+            fsr.remove_file(&p)
+                .map_err(|e| Error::io(format!("removing {}", p.display()), e))?;
+        } else if let Some(first) = format::parse_segment_file_name(name) {
+            firsts.push(first);
+        }
+    }
+    firsts.sort_unstable();
+    let meta = meta::read(fsr, &dir)?;
+    let purged = meta.purged.map(|p| p.index);
+
+    let mut segments = Vec::with_capacity(firsts.len());
+    let mut committed: Option<Option<LogId>> = None;
+    for (pos, &first) in firsts.iter().enumerate().rev() {
+        let is_last = pos + 1 == firsts.len();
+        let seg = open_segment(
+            fsr,
+            &dir,
+            first,
+            is_last,
+            purged,
+            config.recovery,
+            &mut committed,
+        )?;
+        segments.push(seg);
+    }
+    segments.reverse();
+    check_continuity(&segments, meta.purged)?;
+
+    let needs_new = segments.last().is_none_or(|s| s.seal.is_some());
+    let committed = committed.flatten();
+    if needs_new {
+        let first = segments
+            .iter()
+            .rev()
+            .find_map(Segment::last_index)
+            .map(|l| l + 1)
+            .or(purged.map(|p| p + 1))
+            .unwrap_or(0);
+        segments.push(segment::create(fsr, &dir, first, committed.as_ref())?);
+    }
+    // Only the segment being written keeps its handle and index once fully purged.
+    let n = segments.len();
+    for seg in &mut segments[..n - 1] {
+        if seg
+            .last_index()
+            .is_some_and(|l| purged.is_some_and(|p| l <= p))
+        {
+            seg.locs = None;
+            seg.file = None;
+        }
+    }
+    let active = segments
+        .last()
+        .and_then(|s| s.file.clone())
+        .expect("the segment being written is open");
+    let flusher = Flusher::start(active).map_err(|e| Error::io("starting the log flusher", e))?;
+    let inner = Inner {
+        segments,
+        vote: meta.vote,
+        purged: meta.purged,
+        committed,
+    };
+    tracing::info!(
+        dir = %dir.display(),
+        segments = inner.segments.len(),
+        purged = ?inner.purged,
+        last = ?inner.last_log_id(),
+        "log opened"
+    );
+    Ok(Shared {
+        config,
+        fs,
+        inner: RwLock::new(inner),
+        meta_lock: Mutex::new(()),
+        flusher,
+    })
+}
+
+/// Opens and checks one segment. Segments are visited newest first; `committed` takes the
+/// newest committed log id found.
+fn open_segment(
+    fs: &dyn FileSystem,
+    dir: &Path,
+    first: u64,
+    is_last: bool,
+    purged: Option<u64>,
+    mode: RecoveryMode,
+    committed: &mut Option<Option<LogId>>,
+) -> Result<Segment> {
+    let path = dir.join(format::segment_file_name(first));
+    let file = fs
+        .open(&path, OpenMode::ReadWrite)
+        .map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
+    let len = file
+        .size()
+        .map_err(|e| Error::io(format!("measuring {}", path.display()), e))?;
+    segment::read_header(file.as_ref(), &path, first)?;
+    if !is_last {
+        if let Some(seal) = segment::read_seal(file.as_ref(), &path, len)? {
+            if seal.last_index < first {
+                return Err(Error::corruption(
+                    &path,
+                    len - format::SEAL_RECORD_LEN as u64,
+                    format!(
+                        "seal says last index {} below first index {first}",
+                        seal.last_index
+                    ),
+                ));
+            }
+            if purged.is_some_and(|p| seal.last_index <= p) {
+                committed.get_or_insert(seal.committed);
+                return Ok(Segment {
+                    path,
+                    first_index: first,
+                    entries: seal.last_index - first + 1,
+                    len,
+                    seal: Some(seal),
+                    file: None,
+                    locs: None,
+                });
+            }
+        }
+    }
+    let kind = if is_last {
+        ScanKind::Last(mode)
+    } else {
+        ScanKind::Sealed
+    };
+    let scan = segment::scan(&file, &path, first, len, kind)?;
+    if let Some((at, reason)) = &scan.torn {
+        tracing::warn!(
+            file = %path.display(),
+            offset = at,
+            dropped_bytes = len - at,
+            reason = %reason,
+            "cutting a torn tail off the last log segment"
+        );
+        file.set_len(scan.valid_len)
+            .map_err(|e| Error::io(format!("truncating {}", path.display()), e))?;
+        file.sync_data()
+            .map_err(|e| Error::io(format!("syncing {}", path.display()), e))?;
+    }
+    if let Some(c) = scan.committed {
+        committed.get_or_insert(c);
+    }
+    Ok(Segment {
+        path,
+        first_index: first,
+        entries: scan.locs.len() as u64,
+        len: scan.valid_len,
+        seal: scan.seal,
+        file: Some(file),
+        locs: Some(scan.locs),
+    })
+}
+
+fn check_continuity(segments: &[Segment], purged: Option<LogId>) -> Result<()> {
+    let p = purged.map(|p| p.index);
+    let mut prev: Option<(u64, &Segment)> = None;
+    for seg in segments {
+        if seg.entries == 0 {
+            continue;
+        }
+        if let Some((last, before)) = prev {
+            if seg.first_index <= last {
+                return Err(Error::corruption(
+                    &seg.path,
+                    0,
+                    format!(
+                        "starts at index {}, but {} ends at {last}",
+                        seg.first_index,
+                        before.path.display()
+                    ),
+                ));
+            }
+            if seg.first_index > last + 1 && p.is_none_or(|p| last > p) {
+                return Err(Error::corruption(
+                    &seg.path,
+                    0,
+                    format!(
+                        "entries {}..{} are missing after {} (purged up to {p:?})",
+                        last + 1,
+                        seg.first_index,
+                        before.path.display()
+                    ),
+                ));
+            }
+        }
+        prev = seg.last_index().map(|l| (l, seg));
+    }
+    // The first unpurged entry must follow the purged one directly.
+    if let Some(p) = p {
+        if let Some(seg) = segments
+            .iter()
+            .find(|s| s.last_index().is_some_and(|l| l > p))
+        {
+            if seg.first_index > p + 1 {
+                return Err(Error::corruption(
+                    &seg.path,
+                    0,
+                    format!(
+                        "entries {}..{} are missing after the purged index {p}",
+                        p + 1,
+                        seg.first_index
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
