@@ -5,7 +5,7 @@
 //! Not for production use; it is public so integration tests elsewhere can inject faults.
 
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 
@@ -23,6 +23,7 @@ struct FaultState {
     file_syncs_started: AtomicU64,
     file_syncs_done: AtomicU64,
     dir_syncs: AtomicU64,
+    synced_dirs: Mutex<Vec<PathBuf>>,
     fail_syncs: AtomicBool,
     /// Bytes that may still be written before writes tear; `u64::MAX` for no limit.
     write_budget: AtomicU64,
@@ -62,6 +63,15 @@ impl FaultyFs {
     /// Directory fsyncs.
     pub fn dir_syncs(&self) -> u64 {
         self.state.dir_syncs.load(Ordering::SeqCst)
+    }
+
+    /// The directories fsynced so far, in order (with repeats).
+    pub fn synced_dirs(&self) -> Vec<PathBuf> {
+        self.state
+            .synced_dirs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// Makes every later file fsync block until [`Self::release_syncs`].
@@ -123,6 +133,11 @@ impl FileSystem for FaultyFs {
 
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         self.state.dir_syncs.fetch_add(1, Ordering::SeqCst);
+        self.state
+            .synced_dirs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(dir.to_path_buf());
         self.inner.sync_dir(dir)
     }
 

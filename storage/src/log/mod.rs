@@ -23,7 +23,9 @@
 //!   holding the first removed entry at that entry's record, fsyncs.
 //! - `purge` (a snapshot covers a prefix): records the purged log id in the meta file. The
 //!   entries stay on disk; they are no longer served to Raft but remain readable through
-//!   [`RawReader`] until the [`RetentionPolicy`] archives or deletes their segments.
+//!   [`RawReader`] until the [`RetentionPolicy`] archives or deletes their segments. A purge
+//!   past an entry the log does not hold first cuts the entries not known committed, so
+//!   the raw store never serves a deposed leader's entries as committed.
 //! - `save_vote`: waits until earlier appends are durable, then replaces the meta file.
 //! - `save_committed`: a small record in the newest segment, durable with the next group
 //!   commit (losing the latest one in a crash only delays re-applying).

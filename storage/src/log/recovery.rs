@@ -1,7 +1,8 @@
 //! Opening a log directory: rebuild the in-memory view from the files, repair a torn tail,
 //! and refuse anything else that is damaged.
 //!
-//! 1. Remove `*.tmp` files (creations that never completed), read the meta file.
+//! 1. Create the directory if missing (fsyncing the parents of what was created), remove
+//!    `*.tmp` files (creations that never completed), read the meta file.
 //! 2. Scan the newest segment record by record. Bad bytes at its end with no valid record
 //!    after them are a torn write: the file is cut back to its last whole record. A bad
 //!    record followed by a valid one is corruption (unless [`RecoveryMode::TruncateTail`]).
@@ -31,11 +32,9 @@ use crate::types::LogId;
 pub(crate) fn open(config: LogConfig, fs: Arc<dyn FileSystem>) -> Result<Shared> {
     let dir = config.dir.clone();
     let fsr = fs.as_ref();
-    fsr.create_dir_all(&dir)
-        .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+    create_dir_durably(fsr, &dir)?;
     if let Some(a) = &config.archive_dir {
-        fsr.create_dir_all(a)
-            .map_err(|e| Error::io(format!("creating {}", a.display()), e))?;
+        create_dir_durably(fsr, a)?;
     }
     let names = fsr
         .list_dir(&dir)
@@ -121,6 +120,45 @@ pub(crate) fn open(config: LogConfig, fs: Arc<dyn FileSystem>) -> Result<Shared>
         meta_lock: Mutex::new(()),
         flusher,
     })
+}
+
+/// Creates `dir` and any missing parent, and fsyncs the parent of each directory it
+/// created: until then a crash can lose the new directory with everything in it, even
+/// files that were fsynced.
+fn create_dir_durably(fs: &dyn FileSystem, dir: &Path) -> Result<()> {
+    let exists = |d: &Path| {
+        fs.exists(d)
+            .map_err(|e| Error::io(format!("checking {}", d.display()), e))
+    };
+    let mut created = Vec::new();
+    let mut d = dir;
+    while !exists(d)? {
+        created.push(d);
+        match parent_of(d) {
+            Some(p) => d = p,
+            None => break,
+        }
+    }
+    if created.is_empty() {
+        return Ok(());
+    }
+    fs.create_dir_all(dir)
+        .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+    for d in created.iter().rev() {
+        let Some(parent) = parent_of(d) else { continue };
+        fs.sync_dir(parent)
+            .map_err(|e| Error::io(format!("syncing directory {}", parent.display()), e))?;
+    }
+    Ok(())
+}
+
+/// The directory holding `d`; the parent of a relative path's first component is ""
+/// (the working directory), returned as ".".
+fn parent_of(d: &Path) -> Option<&Path> {
+    match d.parent() {
+        Some(p) if p.as_os_str().is_empty() => Some(Path::new(".")),
+        p => p,
+    }
 }
 
 /// Opens and checks one segment. Segments are visited newest first; `committed` takes the

@@ -211,9 +211,11 @@ impl Shared {
                     "append at index {first} does not continue the log ending at {last}"
                 )));
             }
-            None if inner.purged_index().is_some_and(|p| first <= p) => {
+            // Everything is purged: the log continues right after the purged entry (a gap
+            // there would be a hole Raft cannot see and recovery refuses).
+            None if inner.purged_index().is_some_and(|p| first != p + 1) => {
                 return Err(Error::InvalidArgument(format!(
-                    "append at index {first} is not after the purged {:?}",
+                    "append at index {first} does not follow the purged {:?}",
                     inner.purged
                 )));
             }
@@ -386,6 +388,15 @@ impl Shared {
                 "cannot truncate after {last:?}: entries up to {p} are purged"
             )));
         }
+        self.cut_from(&mut inner, from)?;
+        tracing::info!(after = ?last, "log truncated");
+        Ok(())
+    }
+
+    /// Removes every stored entry with index `from` or above, durably: later segments are
+    /// deleted (directory fsync), the segment holding `from` is cut at its record and
+    /// fsynced. The caller checked that nothing at or below the purged index is cut.
+    fn cut_from(&self, inner: &mut Inner, from: u64) -> Result<()> {
         if inner.last_stored_index().is_none_or(|l| l < from) {
             return Ok(());
         }
@@ -432,7 +443,7 @@ impl Shared {
         seg.len = cut + rec.len() as u64;
         seg.entries = keep as u64;
         seg.seal = None;
-        tracing::info!(after = ?last, segment = %seg.path.display(), "log truncated");
+        tracing::debug!(from, segment = %seg.path.display(), "log segment cut");
         self.flusher.set_active(file);
         self.flusher.synced_inline(self.flusher.last_written());
         Ok(())
@@ -440,6 +451,12 @@ impl Shared {
 
     /// Stops serving entries up to `id` to Raft (they stay on disk, retained); durable on
     /// return. Retention is the caller's next step ([`Self::apply_retention`]).
+    ///
+    /// Purged entries become raw-readable as committed, so only entries known to be
+    /// committed may stay below the purged index. When the log does not hold `id` itself (a
+    /// snapshot from a leader this log lags or diverges from; openraft then purges without
+    /// truncating), the stored entries after the last known committed one may come from a
+    /// deposed leader: they are cut first, leaving a gap the snapshot covers.
     pub fn purge(&self, id: LogId) -> Result<()> {
         self.check()?;
         {
@@ -448,9 +465,17 @@ impl Shared {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
             let vote = {
-                let inner = self.read()?;
+                let mut inner = self.write()?;
                 if inner.purged.is_some_and(|p| p.index >= id.index) {
                     return Ok(());
+                }
+                if let Some(from) = unverified_from(&inner, &id) {
+                    tracing::info!(
+                        purge = %id,
+                        from,
+                        "cutting entries not known committed before a purge past them"
+                    );
+                    self.cut_from(&mut inner, from)?;
                 }
                 inner.vote
             };
@@ -520,6 +545,27 @@ impl Shared {
         self.flusher.written(None);
         Ok(())
     }
+}
+
+/// Where to cut before purging up to `id`, if anything must go. The stored entries after
+/// the last one known committed (the committed or purged one) and up to `id` become
+/// raw-readable as committed; they are vouched for only when the log holds `id` itself (by
+/// Raft's log matching every entry up to it is then the leader's). Otherwise they may be a
+/// deposed leader's, and everything from the first of them on is cut (entries after `id`
+/// that follow a mismatch conflict with the leader too).
+fn unverified_from(inner: &Inner, id: &LogId) -> Option<u64> {
+    let known = inner.committed.max(inner.purged).map(|c| c.index);
+    let from = known.map_or(0, |k| k + 1);
+    let lo = from.max(inner.first_live_index()?);
+    let hi = id.index.min(inner.last_live()?.index);
+    if lo > hi {
+        // No stored entry would change status.
+        return None;
+    }
+    let held = inner
+        .find(id.index)
+        .and_then(|pos| inner.segments[pos].log_id(id.index));
+    (held != Some(*id)).then_some(from)
 }
 
 /// Decodes one entry record (frame header and payload) read from `path` at `offset`.

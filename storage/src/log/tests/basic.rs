@@ -317,3 +317,79 @@ fn committed_saved_before_a_rotation_is_found_in_the_new_segment() {
     let store = open(dir.path(), 1024);
     assert_eq!(store.shared.read().expect("lock").committed, Some(id(1, 2)));
 }
+
+#[test]
+fn a_purge_past_the_log_keeps_only_known_committed_entries_in_the_raw_store() {
+    // A follower holds entries 0..=5 but knows only 0..=2 committed: 3..=5 came from a
+    // leader that was then deposed. The new leader sends a snapshot ending at (2, 8);
+    // openraft does not truncate (the follower has no entry 8) and purges up to it.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(dir.path(), 1 << 20);
+    append_blanks(&store, 1, 0..6);
+    store.shared.save_committed(Some(id(1, 2))).expect("commit");
+    store.shared.purge(id(2, 8)).expect("purge");
+    let committed: Vec<_> = (0..3).map(|i| id(1, i)).collect();
+    // Entries 3..=5 were never shown committed: the raw store must not serve them.
+    assert_eq!(raw_ids(&store), committed);
+    let st = store.log_state().expect("state");
+    assert_eq!(
+        (st.last_purged_log_id, st.last_log_id),
+        (Some(id(2, 8)), Some(id(2, 8)))
+    );
+    append_blanks(&store, 2, 9..11);
+    store
+        .shared
+        .save_committed(Some(id(2, 10)))
+        .expect("commit");
+    let mut want = committed.clone();
+    want.extend([id(2, 9), id(2, 10)]);
+    assert_eq!(raw_ids(&store), want);
+    drop(store);
+    let store = open(dir.path(), 1 << 20);
+    assert_eq!(raw_ids(&store), want);
+    assert_eq!(ids(&store), vec![id(2, 9), id(2, 10)]);
+}
+
+#[test]
+fn a_purge_whose_entry_is_stored_keeps_every_entry_up_to_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(dir.path(), 1 << 20);
+    append_blanks(&store, 1, 0..6);
+    // Raft purges what a snapshot covers; the entry at the purged index is ours.
+    store.shared.save_committed(Some(id(1, 2))).expect("commit");
+    store.shared.purge(id(1, 4)).expect("purge");
+    assert_eq!(
+        raw_ids(&store),
+        (0..5).map(|i| id(1, i)).collect::<Vec<_>>()
+    );
+    assert_eq!(ids(&store), vec![id(1, 5)]);
+}
+
+#[test]
+fn the_first_append_after_a_purge_must_follow_the_purged_index() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(dir.path(), 1 << 20);
+    append_blanks(&store, 1, 0..3);
+    store.shared.purge(id(2, 5)).expect("purge");
+    // Index 6 missing: recovery would refuse such a log ("entries missing after purged").
+    let err = store
+        .shared
+        .append(vec![blank(2, 7)], IOFlushed::noop())
+        .expect_err("a hole after the purged index");
+    assert!(matches!(err, Error::InvalidArgument(_)), "{err}");
+    drop(store);
+    let store = LogStore::open(config(dir.path(), 1 << 20)).expect("the log still opens");
+    append_blanks(&store, 2, 6..7);
+    assert_eq!(ids(&store), vec![id(2, 6)]);
+}
+
+#[test]
+fn a_purge_below_the_first_stored_entry_keeps_every_entry() {
+    // A log that starts at index 2 (a fresh follower) purging (1, 1): no stored entry
+    // changes status, so nothing is cut.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(dir.path(), 1 << 20);
+    append_blanks(&store, 1, 2..6);
+    store.shared.purge(id(1, 1)).expect("purge");
+    assert_eq!(ids(&store), (2..6).map(|i| id(1, i)).collect::<Vec<_>>());
+}

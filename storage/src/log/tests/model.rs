@@ -134,8 +134,13 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 }
                 let pid = match m.stored.get(&index) {
                     Some(id) => *id,
-                    // Past the end: a snapshot from the current leader.
-                    None if index >= end => id(m.term, index),
+                    // Past the end: a snapshot from the current leader. Stored entries not
+                    // known committed may be a deposed leader's: the log drops them.
+                    None if index >= end => {
+                        let known = m.committed.max(m.purged).map(|c| c.index);
+                        m.stored.retain(|&i, _| known.is_some_and(|k| i <= k));
+                        id(m.term, index)
+                    }
                     None => continue,
                 };
                 store.shared.purge(pid).expect("purge");

@@ -278,3 +278,31 @@ fn purged_segments_are_not_scanned_on_open() {
         "{err}"
     );
 }
+
+#[test]
+fn opening_a_new_log_makes_the_directories_it_created_durable() {
+    // Without an fsync of each parent, a crash can lose a freshly created group directory
+    // (with the votes and entries already acknowledged inside it).
+    let root = tempfile::tempdir().expect("tempdir");
+    let dir = root.path().join("groups").join("7");
+    let archive = root.path().join("archive").join("7");
+    let fs = FaultyFs::default();
+    let mut c = config(&dir, 1 << 20);
+    c.archive_dir = Some(archive.clone());
+    let store = LogStore::open_with_fs(c, Arc::new(fs.clone())).expect("open");
+    let synced = fs.synced_dirs();
+    for created in [&dir, &archive] {
+        let mut d = created.as_path();
+        while d != root.path() {
+            let parent = d.parent().expect("below the root");
+            assert!(
+                synced.iter().any(|s| s == parent),
+                "{} was created but {} never fsynced: {synced:?}",
+                d.display(),
+                parent.display()
+            );
+            d = parent;
+        }
+    }
+    drop(store);
+}
