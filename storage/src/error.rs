@@ -84,7 +84,9 @@ impl From<rocksdb::Error> for Error {
 impl From<Error> for io::Error {
     fn from(e: Error) -> Self {
         match e {
-            Error::Io { context, source } => io::Error::new(source.kind(), format!("{context}: {source}")),
+            Error::Io { context, source } => {
+                io::Error::new(source.kind(), format!("{context}: {source}"))
+            }
             Error::Corruption { .. } => io::Error::new(io::ErrorKind::InvalidData, e.to_string()),
             Error::InvalidArgument(_) => io::Error::new(io::ErrorKind::InvalidInput, e.to_string()),
             Error::Closed => io::Error::new(io::ErrorKind::BrokenPipe, e.to_string()),

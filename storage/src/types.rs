@@ -90,7 +90,9 @@ pub enum Command {
 impl fmt::Display for Command {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Command::Ingest(b) => write!(f, "ingest({} clicks @{})", b.clicks.len(), b.proposed_at_ms),
+            Command::Ingest(b) => {
+                write!(f, "ingest({} clicks @{})", b.clicks.len(), b.proposed_at_ms)
+            }
             Command::Configure(s) => write!(
                 f,
                 "configure(lateness={}ms, future_skew={}ms)",
