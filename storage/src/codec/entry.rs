@@ -21,7 +21,7 @@ use bytes::Bytes;
 use openraft::impls::leader_id_adv::LeaderId;
 use openraft::{BasicNode, EntryPayload, Membership};
 
-use super::wire::{put_bytes, put_ivarint, put_uvarint, DecodeError, Reader};
+use super::wire::{put_bytes, put_ivarint, put_uvarint, DecodeError, Reader, MAX_VARINT_LEN};
 use crate::types::{Command, Entry, FilterDef, GroupSettings, IngestBatch, LogId};
 
 /// Version byte that opens every encoded entry. Bump it (and keep decoding the old one)
@@ -29,6 +29,13 @@ use crate::types::{Command, Entry, FilterDef, GroupSettings, IngestBatch, LogId}
 pub const ENTRY_FORMAT_VERSION: u8 = 1;
 /// Version byte that opens a standalone encoded click ([`encode_click`]).
 pub const CLICK_FORMAT_VERSION: u8 = 1;
+
+/// Fewest bytes an encoded entry takes: the version, three one-byte varints (term, leader
+/// node, index) and the payload kind (a blank entry at term, node and index 0).
+pub const MIN_ENTRY_LEN: usize = 5;
+/// Most bytes the version and log id opening an entry take: [`decode_log_id`] never reads
+/// further.
+pub const MAX_LOG_ID_PREFIX_LEN: usize = 1 + 3 * MAX_VARINT_LEN;
 
 /// Payload kind: a blank entry (a new leader's first entry).
 pub const PAYLOAD_BLANK: u8 = 0;

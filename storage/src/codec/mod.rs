@@ -19,6 +19,6 @@ mod tests;
 
 pub use entry::{
     decode_click, decode_command, decode_entry, decode_log_id, encode_click, encode_command,
-    encode_entry, CLICK_FORMAT_VERSION, ENTRY_FORMAT_VERSION,
+    encode_entry, CLICK_FORMAT_VERSION, ENTRY_FORMAT_VERSION, MAX_LOG_ID_PREFIX_LEN, MIN_ENTRY_LEN,
 };
 pub use wire::DecodeError;

@@ -158,6 +158,25 @@ fn decode_log_id_reads_only_the_header() {
     assert!(decode_log_id(&bytes[..3]).is_err());
 }
 
+#[test]
+fn entries_take_at_least_min_entry_len_and_their_log_id_fits_the_prefix() {
+    let smallest = Entry {
+        log_id: log_id(0, 0, 0),
+        payload: EntryPayload::Blank,
+    };
+    assert_eq!(encode(&smallest).len(), MIN_ENTRY_LEN);
+    let largest_id = log_id(u64::MAX, u64::MAX, u64::MAX);
+    let bytes = encode(&Entry {
+        log_id: largest_id,
+        payload: EntryPayload::Blank,
+    });
+    assert_eq!(bytes.len(), MAX_LOG_ID_PREFIX_LEN + 1);
+    assert_eq!(
+        decode_log_id(&bytes[..MAX_LOG_ID_PREFIX_LEN]),
+        Ok(largest_id)
+    );
+}
+
 // ---- property tests ----
 
 fn arb_event_id() -> impl Strategy<Value = EventId> {

@@ -1,6 +1,10 @@
 //! A fault-injecting [`FileSystem`] for tests (of this crate and of its users): it wraps
 //! another file system and can count fsyncs, hold them back until released, make them
-//! fail, or tear writes (write a prefix, then fail), as a crash or a full disk would.
+//! fail, tear writes (write a prefix, then fail), fail removals, or fail moves out of a
+//! directory (as across file systems), as a crash, a full disk or a bad mount would. It
+//! also journals the directory operations ([`FsOp`]) so tests can check their order.
+//! Locks are the wrapped file system's, so two opens through it exclude each other as on
+//! a real disk.
 //!
 //! Not for production use; it is public so integration tests elsewhere can inject faults.
 
@@ -9,7 +13,18 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 
-use super::fs::{FileSystem, LogFile, OpenMode, StdFs};
+use super::fs::{FileLock, FileSystem, LogFile, OpenMode, StdFs};
+
+/// A directory operation, as journaled by [`FaultyFs::ops`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FsOp {
+    /// A file was removed.
+    Remove(PathBuf),
+    /// A file was renamed (from, to).
+    Rename(PathBuf, PathBuf),
+    /// A directory was fsynced.
+    SyncDir(PathBuf),
+}
 
 /// A file system that injects faults into another one. Clones share their fault settings.
 #[derive(Debug, Clone)]
@@ -27,6 +42,12 @@ struct FaultState {
     fail_syncs: AtomicBool,
     /// Bytes that may still be written before writes tear; `u64::MAX` for no limit.
     write_budget: AtomicU64,
+    /// Removals that may still succeed; `u64::MAX` for no limit.
+    remove_budget: AtomicU64,
+    /// Moves of files out of this directory (to another one) fail.
+    fail_renames_from: Mutex<Option<PathBuf>>,
+    /// Successful directory operations, in order.
+    ops: Mutex<Vec<FsOp>>,
     held: Mutex<bool>,
     released: Condvar,
 }
@@ -42,6 +63,7 @@ impl FaultyFs {
     pub fn new(inner: Arc<dyn FileSystem>) -> Self {
         let state = FaultState {
             write_budget: AtomicU64::new(u64::MAX),
+            remove_budget: AtomicU64::new(u64::MAX),
             ..FaultState::default()
         };
         Self {
@@ -67,11 +89,7 @@ impl FaultyFs {
 
     /// The directories fsynced so far, in order (with repeats).
     pub fn synced_dirs(&self) -> Vec<PathBuf> {
-        self.state
-            .synced_dirs
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        lock(&self.state.synced_dirs).clone()
     }
 
     /// Makes every later file fsync block until [`Self::release_syncs`].
@@ -96,6 +114,24 @@ impl FaultyFs {
     /// Makes file fsyncs fail (`true`) or succeed (`false`).
     pub fn fail_syncs(&self, fail: bool) {
         self.state.fail_syncs.store(fail, Ordering::SeqCst);
+    }
+
+    /// The successful removals, renames and directory fsyncs so far, in order.
+    pub fn ops(&self) -> Vec<FsOp> {
+        lock(&self.state.ops).clone()
+    }
+
+    /// Lets `n` more file removals succeed; later ones fail. `None` removes the limit.
+    pub fn fail_removes_after(&self, n: Option<u64>) {
+        self.state
+            .remove_budget
+            .store(n.unwrap_or(u64::MAX), Ordering::SeqCst);
+    }
+
+    /// Makes moves of files out of `dir` into another directory fail as a rename across
+    /// file systems does; renames within `dir` still work. `None`: no rename fails.
+    pub fn fail_renames_from(&self, dir: Option<PathBuf>) {
+        *lock(&self.state.fail_renames_from) = dir;
     }
 
     /// Lets `bytes` more bytes be written; the write that would exceed them writes only the
@@ -124,26 +160,57 @@ impl FileSystem for FaultyFs {
     }
 
     fn remove_file(&self, path: &Path) -> io::Result<()> {
-        self.inner.remove_file(path)
+        let budget = &self.state.remove_budget;
+        let allowed = budget
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| match n {
+                u64::MAX => Some(n),
+                0 => None,
+                n => Some(n - 1),
+            })
+            .is_ok();
+        if !allowed {
+            return Err(io::Error::other("injected fault: remove failed"));
+        }
+        self.inner.remove_file(path)?;
+        lock(&self.state.ops).push(FsOp::Remove(path.to_path_buf()));
+        Ok(())
     }
 
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
-        self.inner.rename(from, to)
+        if lock(&self.state.fail_renames_from)
+            .as_deref()
+            .is_some_and(|d| from.parent() == Some(d) && to.parent() != Some(d))
+        {
+            return Err(io::Error::new(
+                io::ErrorKind::CrossesDevices,
+                "injected fault: rename across file systems",
+            ));
+        }
+        self.inner.rename(from, to)?;
+        lock(&self.state.ops).push(FsOp::Rename(from.to_path_buf(), to.to_path_buf()));
+        Ok(())
     }
 
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         self.state.dir_syncs.fetch_add(1, Ordering::SeqCst);
-        self.state
-            .synced_dirs
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(dir.to_path_buf());
-        self.inner.sync_dir(dir)
+        lock(&self.state.synced_dirs).push(dir.to_path_buf());
+        self.inner.sync_dir(dir)?;
+        lock(&self.state.ops).push(FsOp::SyncDir(dir.to_path_buf()));
+        Ok(())
     }
 
     fn exists(&self, path: &Path) -> io::Result<bool> {
         self.inner.exists(path)
     }
+
+    fn try_lock_file(&self, path: &Path) -> io::Result<Box<dyn FileLock>> {
+        self.inner.try_lock_file(path)
+    }
+}
+
+/// Fault settings and journals stay usable even if a holder panicked.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 #[derive(Debug)]

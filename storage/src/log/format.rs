@@ -12,6 +12,10 @@
 //!   record of a full segment, fixed size so it can be read from the end of the file).
 //! - The **meta file** `meta` holds the vote and the last purged log id; it is replaced
 //!   atomically (write a temporary file, fsync, rename, fsync the directory).
+//! - The **lock file** `LOCK` is empty; an exclusive lock on it marks the directory as owned
+//!   by one open log.
+//! - Entry indexes are at most [`MAX_INDEX`]: `u64::MAX` is reserved, so the index after
+//!   any stored one exists. Decoders refuse a log id past it.
 //!
 //! Invariant: nothing else in the crate knows an offset or a magic number.
 
@@ -31,6 +35,13 @@ pub const SEGMENT_SUFFIX: &str = ".seg";
 /// Suffix of files being created; a file with it is never part of the log and is removed
 /// on open.
 pub const TMP_SUFFIX: &str = ".tmp";
+
+/// Largest entry index the log stores. `u64::MAX` is reserved so that `index + 1` of any
+/// stored (or recorded) index cannot overflow; a log id past it on disk is corruption.
+pub const MAX_INDEX: u64 = u64::MAX - 1;
+
+/// Name of the lock file: held exclusively by the one open log of the directory.
+pub const LOCK_FILE: &str = "LOCK";
 
 /// Frame header: crc (u32) over the rest of the record, payload length (u32), record type
 /// (u8).
@@ -242,8 +253,14 @@ pub fn decode_seal(b: &[u8]) -> Result<Seal, String> {
     if b.len() != SEAL_PAYLOAD_LEN {
         return Err(format!("seal record of {} bytes", b.len()));
     }
+    let last_index = u64_at(b, 0);
+    if last_index > MAX_INDEX {
+        return Err(format!(
+            "seal says last index {last_index}, past the largest index {MAX_INDEX}"
+        ));
+    }
     Ok(Seal {
-        last_index: u64_at(b, 0),
+        last_index,
         sealed_at_ms: u64_at(b, 8),
         committed: get_opt_log_id(&b[16..])?,
     })
@@ -322,6 +339,10 @@ fn put_opt_log_id(b: &mut [u8], id: Option<&LogId>) {
 fn get_opt_log_id(b: &[u8]) -> Result<Option<LogId>, String> {
     match b[0] {
         0 if b[1..OPT_LOG_ID_LEN].iter().all(|&x| x == 0) => Ok(None),
+        1 if u64_at(b, 17) > MAX_INDEX => Err(format!(
+            "log id index {}, past the largest index {MAX_INDEX}",
+            u64_at(b, 17)
+        )),
         1 => Ok(Some(LogId::new(
             LeaderId {
                 term: u64_at(b, 1),
@@ -439,5 +460,33 @@ mod tests {
             bad[i] ^= 0x10;
             assert!(decode_meta(&bad).is_err(), "byte {i}");
         }
+    }
+
+    #[test]
+    fn decoders_refuse_indexes_past_the_largest() {
+        let at = |index| {
+            LogId::new(
+                LeaderId {
+                    term: 1,
+                    node_id: 1,
+                },
+                index,
+            )
+        };
+        assert!(decode_committed(&encode_committed(Some(&at(MAX_INDEX)))).is_ok());
+        assert!(decode_committed(&encode_committed(Some(&at(u64::MAX)))).is_err());
+        let seal = |last_index, committed| Seal {
+            last_index,
+            sealed_at_ms: 0,
+            committed,
+        };
+        assert!(decode_seal(&encode_seal(&seal(MAX_INDEX, None))).is_ok());
+        assert!(decode_seal(&encode_seal(&seal(u64::MAX, None))).is_err());
+        assert!(decode_seal(&encode_seal(&seal(1, Some(at(u64::MAX))))).is_err());
+        let meta = Meta {
+            vote: None,
+            purged: Some(at(u64::MAX)),
+        };
+        assert!(decode_meta(&encode_meta(&meta)).is_err());
     }
 }

@@ -5,9 +5,13 @@
 //! Files are accessed positionally (`read_at` / `write_all_at`) and shared (`Arc`), so the
 //! appender, the readers and the flusher thread can use one handle at once without a seek
 //! position to fight over.
+//!
+//! [`FileSystem::try_lock_file`] takes the exclusive lock that keeps a second process (or a
+//! second open in this one) out of a log directory; [`StdFs`] uses `File::try_lock`
+//! (`flock` on Linux: released when the handle is dropped or the process dies).
 
 use std::fmt;
-use std::fs::{File, OpenOptions};
+use std::fs::{File, OpenOptions, TryLockError};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
@@ -59,6 +63,9 @@ pub trait LogFile: Send + Sync + fmt::Debug {
     }
 }
 
+/// An exclusive lock on a file, held until this value is dropped.
+pub trait FileLock: Send + Sync + fmt::Debug {}
+
 /// Directory and file operations the log needs.
 pub trait FileSystem: Send + Sync + fmt::Debug + 'static {
     /// Creates a directory and its parents.
@@ -75,6 +82,10 @@ pub trait FileSystem: Send + Sync + fmt::Debug + 'static {
     fn sync_dir(&self, dir: &Path) -> io::Result<()>;
     /// Whether a path exists.
     fn exists(&self, path: &Path) -> io::Result<bool>;
+    /// Creates `path` if missing and takes an exclusive lock on it without waiting. The lock
+    /// lasts until the returned value is dropped. Fails with [`io::ErrorKind::WouldBlock`]
+    /// while anyone else holds it — another process, or another open handle of this one.
+    fn try_lock_file(&self, path: &Path) -> io::Result<Box<dyn FileLock>>;
 }
 
 /// The real file system.
@@ -105,6 +116,14 @@ impl LogFile for StdFile {
         Ok(self.0.metadata()?.len())
     }
 }
+
+/// The lock is the open file's: dropping the handle releases it.
+#[derive(Debug)]
+struct StdLock {
+    _file: File,
+}
+
+impl FileLock for StdLock {}
 
 impl FileSystem for StdFs {
     fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
@@ -146,5 +165,22 @@ impl FileSystem for StdFs {
 
     fn exists(&self, path: &Path) -> io::Result<bool> {
         path.try_exists()
+    }
+
+    fn try_lock_file(&self, path: &Path) -> io::Result<Box<dyn FileLock>> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)?;
+        match file.try_lock() {
+            Ok(()) => Ok(Box::new(StdLock { _file: file })),
+            Err(TryLockError::WouldBlock) => Err(io::Error::new(
+                io::ErrorKind::WouldBlock,
+                "the lock is held by another open handle",
+            )),
+            Err(TryLockError::Error(e)) => Err(e),
+        }
     }
 }

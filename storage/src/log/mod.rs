@@ -3,8 +3,9 @@
 //!
 //! # Layout
 //!
-//! A log directory holds segment files `<first_index:020>.seg` and a `meta` file (vote and
-//! last purged log id). A segment is a header followed by checksummed records: entries
+//! A log directory holds segment files `<first_index:020>.seg`, a `meta` file (vote and
+//! last purged log id) and a `LOCK` file, locked exclusively while a [`LogStore`] has the
+//! directory open: a second open (from any process) fails until that store is dropped. A segment is a header followed by checksummed records: entries
 //! (encoded by [`crate::codec`]), committed log ids, and a final seal once the segment is
 //! full. [`format`](mod@format) owns every byte layout; `docs/log-format.md` documents them.
 //!
@@ -19,8 +20,9 @@
 //!
 //! # Raft operations
 //!
-//! - `truncate_after` (a conflicting suffix): deletes later segments, cuts the segment
-//!   holding the first removed entry at that entry's record, fsyncs.
+//! - `truncate_after` (a conflicting suffix): deletes later segments newest first, each
+//!   removal made durable before the next (so a crash never leaves a missing middle
+//!   segment), cuts the segment holding the first removed entry at that record, fsyncs.
 //! - `purge` (a snapshot covers a prefix): records the purged log id in the meta file. The
 //!   entries stay on disk; they are no longer served to Raft but remain readable through
 //!   [`RawReader`] until the [`RetentionPolicy`] archives or deletes their segments. A purge
@@ -35,7 +37,10 @@
 //! Opening scans the newest segment (and every segment holding unpurged entries) and
 //! rebuilds the in-memory index; older purged segments are known from their seal alone. A
 //! torn tail in the newest segment is cut back to the last whole record; damage anywhere
-//! else is [`crate::Error::Corruption`] naming the file and offset.
+//! else is [`crate::Error::Corruption`] naming the file and offset. Deciding that bad
+//! bytes are a torn tail (no valid record after them) takes work linear in their length.
+//! Bytes on disk never make recovery panic: every value read is checked, indexes against
+//! [`format::MAX_INDEX`].
 //!
 //! # Use
 //!
@@ -71,8 +76,8 @@ pub use config::{
     LogConfig, RecoveryMode, RetentionPolicy, DEFAULT_MAX_READ_BYTES, DEFAULT_RETENTION_AGE,
     DEFAULT_SEGMENT_SIZE,
 };
-pub use fault::FaultyFs;
-pub use fs::{FileSystem, LogFile, OpenMode, StdFs};
+pub use fault::{FaultyFs, FsOp};
+pub use fs::{FileLock, FileSystem, LogFile, OpenMode, StdFs};
 pub use raft::{LogReader, LogStore};
 pub use raw::{RawEntries, RawReader, SegmentInfo};
 pub use retention::RetentionOutcome;

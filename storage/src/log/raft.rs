@@ -32,7 +32,11 @@ use crate::types::{Entry, LogId, TypeConfig, Vote};
 /// The segmented log of one Raft group: its Raft log storage and raw-click store.
 ///
 /// Open it with [`LogStore::open`], hand it to openraft, and keep a [`RawReader`] for raw
-/// reads. Dropping the last handle flushes pending appends and stops the flusher thread.
+/// reads. It holds the directory's lock: a second open of the same directory (from this
+/// process or another) fails until this store is dropped. Dropping it stops background
+/// retention (joining its thread), waits until pending appends are durable and releases
+/// the lock, so the directory can be reopened at once; readers that outlive it still read,
+/// and the last handle to go stops the flusher thread.
 #[derive(Debug)]
 pub struct LogStore {
     pub(crate) shared: Arc<Shared>,
@@ -185,13 +189,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn purge(&mut self, log_id: LogId) -> io::Result<()> {
         self.blocking(move |s| s.purge(log_id)).await?;
-        // Archiving may copy whole segments: do it off Raft's path.
-        let shared = Arc::clone(&self.shared);
-        tokio::task::spawn_blocking(move || {
-            if let Err(e) = shared.apply_retention(SystemTime::now()) {
-                tracing::error!(error = %e, "log retention failed; it is retried after the next purge");
-            }
-        });
+        // Archiving may copy whole segments: do it off Raft's path, on a worker the store
+        // joins when dropped.
+        self.shared.retain_in_background();
         Ok(())
+    }
+}
+
+impl Drop for LogStore {
+    fn drop(&mut self) {
+        self.shared.close();
     }
 }

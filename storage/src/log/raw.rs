@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use super::format::{RECORD_COMMITTED, RECORD_ENTRY, RECORD_SEAL, SEGMENT_HEADER_LEN};
+use super::format::{MAX_INDEX, RECORD_COMMITTED, RECORD_ENTRY, RECORD_SEAL, SEGMENT_HEADER_LEN};
 use super::fs::{FileSystem, LogFile, OpenMode};
 use super::segment::{self, PosReader};
 use super::store::Shared;
@@ -34,7 +34,8 @@ pub struct SegmentInfo {
     pub last_index: Option<u64>,
     /// Its size in bytes.
     pub bytes: u64,
-    /// When it was sealed; `None` for the segment being written.
+    /// When it was sealed; `None` for the segment being written (or a seal time past what
+    /// `SystemTime` can hold).
     pub sealed_at: Option<SystemTime>,
     /// Whether Raft purged all its entries (it is kept only as raw-click store).
     pub purged: bool,
@@ -59,9 +60,9 @@ impl RawReader {
                 first_index: s.first_index,
                 last_index: s.last_index(),
                 bytes: s.len,
-                sealed_at: s
-                    .seal
-                    .map(|seal| UNIX_EPOCH + Duration::from_millis(seal.sealed_at_ms)),
+                sealed_at: s.seal.and_then(|seal| {
+                    UNIX_EPOCH.checked_add(Duration::from_millis(seal.sealed_at_ms))
+                }),
                 purged: s
                     .last_index()
                     .is_some_and(|l| purged.is_some_and(|p| l <= p)),
@@ -202,20 +203,26 @@ impl RawEntries {
                     let path = &cur.path;
                     let id =
                         codec::decode_log_id(payload).map_err(|e| e.into_corruption(path, at))?;
-                    if id.index != cur.expected {
+                    // Retained segments are read here for the first time: their indexes are
+                    // unchecked bytes, so the one after this entry must be shown to exist.
+                    if id.index != cur.expected || id.index > MAX_INDEX {
                         return Err(Error::corruption(
                             path,
                             at,
-                            format!("entry has index {}, expected {}", id.index, cur.expected),
+                            format!(
+                                "entry has index {}, expected {} (at most {MAX_INDEX})",
+                                id.index, cur.expected
+                            ),
                         ));
                     }
-                    cur.expected += 1;
+                    let after = id.index + 1;
+                    cur.expected = after;
                     if id.index < self.next {
                         continue;
                     }
                     let entry =
                         codec::decode_entry(payload).map_err(|e| e.into_corruption(path, at))?;
-                    self.next = id.index + 1;
+                    self.next = after;
                     return Ok(Some(entry));
                 }
                 RECORD_SEAL => self.cur = None,

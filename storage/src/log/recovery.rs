@@ -1,8 +1,9 @@
 //! Opening a log directory: rebuild the in-memory view from the files, repair a torn tail,
 //! and refuse anything else that is damaged.
 //!
-//! 1. Create the directory if missing (fsyncing the parents of what was created), remove
-//!    `*.tmp` files (creations that never completed), read the meta file.
+//! 1. Create the directory if missing (fsyncing the parents of what was created), take
+//!    the directory lock (`LOCK`: one open log per directory), remove `*.tmp` files
+//!    (creations that never completed, here and in the archive), read the meta file.
 //! 2. Scan the newest segment record by record. Bad bytes at its end with no valid record
 //!    after them are a torn write: the file is cut back to its last whole record. A bad
 //!    record followed by a valid one is corruption (unless [`RecoveryMode::TruncateTail`]).
@@ -21,8 +22,9 @@ use std::sync::{Arc, Mutex, RwLock};
 use super::config::{LogConfig, RecoveryMode};
 use super::flusher::Flusher;
 use super::format::{self, TMP_SUFFIX};
-use super::fs::{FileSystem, OpenMode};
+use super::fs::{FileLock, FileSystem, OpenMode};
 use super::meta;
+use super::retention::{self, Background};
 use super::segment::{self, ScanKind, Segment};
 use super::store::{Inner, Shared};
 use crate::error::{Error, Result};
@@ -33,8 +35,11 @@ pub(crate) fn open(config: LogConfig, fs: Arc<dyn FileSystem>) -> Result<Shared>
     let dir = config.dir.clone();
     let fsr = fs.as_ref();
     create_dir_durably(fsr, &dir)?;
+    // Before anything in the directory changes: a second open must not touch it.
+    let dir_lock = lock_dir(fsr, &dir)?;
     if let Some(a) = &config.archive_dir {
         create_dir_durably(fsr, a)?;
+        retention::remove_stale_archive_tmps(fsr, a)?;
     }
     let names = fsr
         .list_dir(&dir)
@@ -75,13 +80,15 @@ pub(crate) fn open(config: LogConfig, fs: Arc<dyn FileSystem>) -> Result<Shared>
     let needs_new = segments.last().is_none_or(|s| s.seal.is_some());
     let committed = committed.flatten();
     if needs_new {
+        // Stored and purged indexes are at most MAX_INDEX (checked above and when decoding
+        // the meta file), so the next one exists.
         let first = segments
             .iter()
             .rev()
             .find_map(Segment::last_index)
-            .map(|l| l + 1)
-            .or(purged.map(|p| p + 1))
-            .unwrap_or(0);
+            .or(purged)
+            .map_or(Some(0), |l| l.checked_add(1))
+            .ok_or_else(|| Error::corruption(&dir, 0, "no index is left after the log"))?;
         segments.push(segment::create(fsr, &dir, first, committed.as_ref())?);
     }
     // Only the segment being written keeps its handle and index once fully purged.
@@ -119,6 +126,31 @@ pub(crate) fn open(config: LogConfig, fs: Arc<dyn FileSystem>) -> Result<Shared>
         inner: RwLock::new(inner),
         meta_lock: Mutex::new(()),
         flusher,
+        retention_lock: Mutex::new(()),
+        background: Background::default(),
+        dir_lock: Mutex::new(Some(dir_lock)),
+    })
+}
+
+/// Takes the exclusive lock of the log directory `dir`, held until the store closes.
+fn lock_dir(fs: &dyn FileSystem, dir: &Path) -> Result<Box<dyn FileLock>> {
+    let path = dir.join(format::LOCK_FILE);
+    fs.try_lock_file(&path).map_err(|e| {
+        let context = if e.kind() == std::io::ErrorKind::WouldBlock {
+            format!(
+                "log directory {} is in use: another process, or another LogStore in this \
+                 one, has it open (it holds {})",
+                dir.display(),
+                path.display()
+            )
+        } else {
+            format!(
+                "locking log directory {} ({})",
+                dir.display(),
+                path.display()
+            )
+        };
+        Error::io(context, e)
     })
 }
 
@@ -182,7 +214,12 @@ fn open_segment(
     segment::read_header(file.as_ref(), &path, first)?;
     if !is_last {
         if let Some(seal) = segment::read_seal(file.as_ref(), &path, len)? {
-            if seal.last_index < first {
+            // `decode_seal` caps the last index at MAX_INDEX, so the count cannot overflow.
+            let Some(entries) = seal
+                .last_index
+                .checked_sub(first)
+                .and_then(|n| n.checked_add(1))
+            else {
                 return Err(Error::corruption(
                     &path,
                     len - format::SEAL_RECORD_LEN as u64,
@@ -191,13 +228,13 @@ fn open_segment(
                         seal.last_index
                     ),
                 ));
-            }
+            };
             if purged.is_some_and(|p| seal.last_index <= p) {
                 committed.get_or_insert(seal.committed);
                 return Ok(Segment {
                     path,
                     first_index: first,
-                    entries: seal.last_index - first + 1,
+                    entries,
                     len,
                     seal: Some(seal),
                     file: None,
@@ -258,13 +295,14 @@ fn check_continuity(segments: &[Segment], purged: Option<LogId>) -> Result<()> {
                     ),
                 ));
             }
-            if seg.first_index > last + 1 && p.is_none_or(|p| last > p) {
+            // `first_index > last` here, so the difference is the distance.
+            if seg.first_index - last > 1 && p.is_none_or(|p| last > p) {
                 return Err(Error::corruption(
                     &seg.path,
                     0,
                     format!(
                         "entries {}..{} are missing after {} (purged up to {p:?})",
-                        last + 1,
+                        last.saturating_add(1),
                         seg.first_index,
                         before.path.display()
                     ),
@@ -279,13 +317,13 @@ fn check_continuity(segments: &[Segment], purged: Option<LogId>) -> Result<()> {
             .iter()
             .find(|s| s.last_index().is_some_and(|l| l > p))
         {
-            if seg.first_index > p + 1 {
+            if seg.first_index.saturating_sub(p) > 1 {
                 return Err(Error::corruption(
                     &seg.path,
                     0,
                     format!(
                         "entries {}..{} are missing after the purged index {p}",
-                        p + 1,
+                        p.saturating_add(1),
                         seg.first_index
                     ),
                 ));

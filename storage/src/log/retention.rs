@@ -6,14 +6,24 @@
 //! that must stay), so the retained range stays contiguous. The segment being written and
 //! any segment holding an unpurged entry are never candidates.
 //!
+//! Invariants:
+//! - The in-memory segment list matches the directory, even after a failure: a segment
+//!   leaves the list only once its file has left the log directory, one at a time, so a
+//!   pass that fails midway keeps every segment still on disk readable.
+//! - Passes are serialized (`Shared::retention_lock`); a copy into the archive goes
+//!   through `<name>.seg.tmp`, removed if the copy fails and, after a crash, on open.
+//! - Background passes (after a Raft purge) run on one worker thread at a time, which
+//!   [`Background::close`] joins: once the store is dropped, nothing touches the directory.
+//!
 //! [`RetentionPolicy`]: super::config::RetentionPolicy
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::format::TMP_SUFFIX;
 use super::fs::{FileSystem, OpenMode};
-use super::segment::Segment;
 use super::store::Shared;
 use crate::error::{Error, Result};
 
@@ -26,9 +36,93 @@ pub struct RetentionOutcome {
     pub deleted: Vec<PathBuf>,
 }
 
+/// The background retention worker of one log.
+#[derive(Debug, Default)]
+pub(crate) struct Background {
+    state: Mutex<BackgroundState>,
+}
+
+#[derive(Debug, Default)]
+struct BackgroundState {
+    /// A worker thread is running a pass.
+    running: bool,
+    /// A purge arrived during the pass: run another one.
+    again: bool,
+    /// The store is gone: start nothing, stop between segments.
+    closed: bool,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Background {
+    fn lock(&self) -> MutexGuard<'_, BackgroundState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn is_closed(&self) -> bool {
+        self.lock().closed
+    }
+
+    /// Stops the worker: no pass starts any more, a running one stops after its current
+    /// segment, and this returns once the thread has exited.
+    pub(crate) fn close(&self) {
+        let thread = {
+            let mut st = self.lock();
+            st.closed = true;
+            st.thread.take()
+        };
+        if let Some(t) = thread {
+            if t.join().is_err() {
+                tracing::error!("log retention thread panicked");
+            }
+        }
+    }
+}
+
 impl Shared {
+    /// Runs a retention pass on the worker thread (starting it if idle, else asking it for
+    /// one more pass), off Raft's path: archiving may copy whole segments.
+    pub fn retain_in_background(self: &Arc<Self>) {
+        let mut st = self.background.lock();
+        if st.closed {
+            return;
+        }
+        if st.running {
+            st.again = true;
+            return;
+        }
+        if let Some(done) = st.thread.take() {
+            // It cleared `running` as its last act: this returns at once.
+            if done.join().is_err() {
+                tracing::error!("log retention thread panicked");
+            }
+        }
+        let shared = Arc::clone(self);
+        let spawned = std::thread::Builder::new()
+            .name("adclick-log-retention".into())
+            .spawn(move || loop {
+                if let Err(e) = shared.apply_retention(SystemTime::now()) {
+                    tracing::error!(error = %e, "log retention failed; it is retried after the next purge");
+                }
+                let mut st = shared.background.lock();
+                if st.again && !st.closed {
+                    st.again = false;
+                    continue;
+                }
+                st.running = false;
+                st.again = false;
+                break;
+            });
+        match spawned {
+            Ok(t) => {
+                st.running = true;
+                st.thread = Some(t);
+            }
+            Err(e) => tracing::error!(error = %e, "cannot start the log retention thread"),
+        }
+    }
+
     /// Archives or deletes the segments the retention policy no longer keeps, judging age
-    /// against `now`.
+    /// against `now`. On failure the segments not yet removed stay in the log, readable.
     pub fn apply_retention(&self, now: SystemTime) -> Result<RetentionOutcome> {
         let policy = self.config.retention;
         if policy.max_age.is_none() && policy.max_bytes.is_none() {
@@ -38,14 +132,22 @@ impl Shared {
             .duration_since(UNIX_EPOCH)
             .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
             .unwrap_or(0);
-        let victims: Vec<Segment> = {
-            let mut inner = self.write()?;
+        let _pass = self
+            .retention_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let victims: Vec<(u64, PathBuf)> = {
+            let inner = self.read()?;
             let Some(purged) = inner.purged.map(|p| p.index) else {
                 return Ok(RetentionOutcome::default());
             };
-            let mut total: u64 = inner.segments.iter().map(|s| s.len).sum();
+            // Sizes come from the disk: a sum that overflows just means "too big".
+            let mut total = inner
+                .segments
+                .iter()
+                .fold(0u64, |t, s| t.saturating_add(s.len));
             let candidates = inner.segments.len() - 1;
-            let mut n = 0;
+            let mut victims = Vec::new();
             for seg in &inner.segments[..candidates] {
                 let (Some(seal), Some(last)) = (seg.seal, seg.last_index()) else {
                     break;
@@ -60,36 +162,45 @@ impl Shared {
                 if !(too_old || too_big) {
                     break;
                 }
-                total -= seg.len;
-                n += 1;
+                total = total.saturating_sub(seg.len);
+                victims.push((seg.first_index, seg.path.clone()));
             }
-            inner.segments.drain(..n).collect()
+            victims
         };
         if victims.is_empty() {
             return Ok(RetentionOutcome::default());
         }
         let mut out = RetentionOutcome::default();
         let fs = self.fs.as_ref();
-        for seg in &victims {
-            match &self.config.archive_dir {
-                Some(archive) => out.archived.push(archive_one(fs, &seg.path, archive)?),
-                None => {
-                    fs.remove_file(&seg.path)
-                        .map_err(|e| Error::io(format!("deleting {}", seg.path.display()), e))?;
-                    out.deleted.push(seg.path.clone());
-                }
+        let mut failed = None;
+        for (first, path) in &victims {
+            if self.background.is_closed() {
+                break;
             }
+            let moved = match &self.config.archive_dir {
+                Some(archive) => archive_one(fs, path, archive).map(|dest| {
+                    out.archived.push(dest);
+                }),
+                None => fs
+                    .remove_file(path)
+                    .map(|()| out.deleted.push(path.clone()))
+                    .map_err(|e| Error::io(format!("deleting {}", path.display()), e)),
+            };
+            if let Err(e) = moved {
+                // Keep the segment while its file is (or may be) still in the log directory.
+                if fs.exists(path).is_ok_and(|exists| !exists) {
+                    self.forget_oldest(*first)?;
+                }
+                failed = Some(e);
+                break;
+            }
+            self.forget_oldest(*first)?;
         }
-        if let Some(archive) = &self.config.archive_dir {
-            fs.sync_dir(archive)
-                .map_err(|e| Error::io(format!("syncing directory {}", archive.display()), e))?;
+        let synced = self.sync_retention_dirs(!(out.archived.is_empty() && out.deleted.is_empty()));
+        if let Some(e) = failed {
+            return Err(e);
         }
-        fs.sync_dir(&self.config.dir).map_err(|e| {
-            Error::io(
-                format!("syncing directory {}", self.config.dir.display()),
-                e,
-            )
-        })?;
+        synced?;
         tracing::info!(
             archived = out.archived.len(),
             deleted = out.deleted.len(),
@@ -97,10 +208,57 @@ impl Shared {
         );
         Ok(out)
     }
+
+    /// Drops the oldest segment, which must start at `first`, from the in-memory list.
+    fn forget_oldest(&self, first: u64) -> Result<()> {
+        let mut inner = self.write()?;
+        assert!(
+            inner.segments.len() > 1 && inner.segments[0].first_index == first,
+            "retention removed segment {first}, which is not the oldest"
+        );
+        inner.segments.remove(0);
+        Ok(())
+    }
+
+    /// Fsyncs the archive and log directories after a pass that removed something.
+    fn sync_retention_dirs(&self, removed: bool) -> Result<()> {
+        if !removed {
+            return Ok(());
+        }
+        let fs = self.fs.as_ref();
+        let dirs = self.config.archive_dir.iter().chain([&self.config.dir]);
+        for d in dirs {
+            fs.sync_dir(d)
+                .map_err(|e| Error::io(format!("syncing directory {}", d.display()), e))?;
+        }
+        Ok(())
+    }
+}
+
+/// Removes the archive copies a crash left half-made (`<segment name>.tmp`) in `archive`;
+/// other files there are not the log's and stay. Called on open, under the log's lock.
+pub(crate) fn remove_stale_archive_tmps(fs: &dyn FileSystem, archive: &Path) -> Result<()> {
+    let names = fs
+        .list_dir(archive)
+        .map_err(|e| Error::io(format!("listing {}", archive.display()), e))?;
+    for name in names {
+        let is_ours = name
+            .strip_suffix(TMP_SUFFIX)
+            .and_then(super::format::parse_segment_file_name)
+            .is_some();
+        if is_ours {
+            let p = archive.join(&name);
+            tracing::info!(file = %p.display(), "removing an incomplete archive copy");
+            fs.remove_file(&p)
+                .map_err(|e| Error::io(format!("removing {}", p.display()), e))?;
+        }
+    }
+    Ok(())
 }
 
 /// Moves `path` into `archive`: a rename when both are on one file system, else a copy
-/// (to a temporary name, fsynced, renamed) and a delete.
+/// (to a temporary name, fsynced, renamed) and a delete. A failed copy removes its
+/// temporary file (best effort: open removes what is left).
 fn archive_one(fs: &dyn FileSystem, path: &Path, archive: &Path) -> Result<PathBuf> {
     let name = path.file_name().ok_or_else(|| {
         Error::InvalidArgument(format!("segment path {} has no file name", path.display()))
@@ -112,6 +270,25 @@ fn archive_one(fs: &dyn FileSystem, path: &Path, archive: &Path) -> Result<PathB
     let mut tmp_name = name.to_os_string();
     tmp_name.push(TMP_SUFFIX);
     let tmp = archive.join(tmp_name);
+    let copied = copy_to(fs, path, &tmp);
+    if copied.is_err() && fs.exists(&tmp).unwrap_or(true) {
+        if let Err(e) = fs.remove_file(&tmp) {
+            tracing::warn!(file = %tmp.display(), error = %e, "cannot remove a failed archive copy");
+        }
+    }
+    copied?;
+    let ctx = |what: &str, p: &Path| format!("{what} {} while archiving", p.display());
+    fs.rename(&tmp, &dest)
+        .map_err(|e| Error::io(ctx("renaming", &tmp), e))?;
+    fs.sync_dir(archive)
+        .map_err(|e| Error::io(ctx("syncing", archive), e))?;
+    fs.remove_file(path)
+        .map_err(|e| Error::io(ctx("deleting", path), e))?;
+    Ok(dest)
+}
+
+/// Copies `path` to the new file `tmp` and fsyncs it.
+fn copy_to(fs: &dyn FileSystem, path: &Path, tmp: &Path) -> Result<()> {
     let ctx = |what: &str, p: &Path| format!("{what} {} while archiving", p.display());
     let src = fs
         .open(path, OpenMode::Read)
@@ -120,32 +297,26 @@ fn archive_one(fs: &dyn FileSystem, path: &Path, archive: &Path) -> Result<PathB
         .size()
         .map_err(|e| Error::io(ctx("measuring", path), e))?;
     if fs
-        .exists(&tmp)
-        .map_err(|e| Error::io(ctx("checking", &tmp), e))?
+        .exists(tmp)
+        .map_err(|e| Error::io(ctx("checking", tmp), e))?
     {
-        fs.remove_file(&tmp)
-            .map_err(|e| Error::io(ctx("removing", &tmp), e))?;
+        fs.remove_file(tmp)
+            .map_err(|e| Error::io(ctx("removing", tmp), e))?;
     }
     let dst = fs
-        .open(&tmp, OpenMode::CreateNew)
-        .map_err(|e| Error::io(ctx("creating", &tmp), e))?;
+        .open(tmp, OpenMode::CreateNew)
+        .map_err(|e| Error::io(ctx("creating", tmp), e))?;
     let mut buf = vec![0u8; 1 << 20];
     let mut at = 0u64;
     while at < len {
-        let n = buf.len().min((len - at) as usize);
+        // Bounded by the buffer's length, so it fits in usize.
+        let n = (buf.len() as u64).min(len - at) as usize;
         src.read_exact_at(&mut buf[..n], at)
             .map_err(|e| Error::io(ctx("reading", path), e))?;
         dst.write_all_at(&buf[..n], at)
-            .map_err(|e| Error::io(ctx("writing", &tmp), e))?;
+            .map_err(|e| Error::io(ctx("writing", tmp), e))?;
         at += n as u64;
     }
     dst.sync_data()
-        .map_err(|e| Error::io(ctx("syncing", &tmp), e))?;
-    fs.rename(&tmp, &dest)
-        .map_err(|e| Error::io(ctx("renaming", &tmp), e))?;
-    fs.sync_dir(archive)
-        .map_err(|e| Error::io(ctx("syncing", archive), e))?;
-    fs.remove_file(path)
-        .map_err(|e| Error::io(ctx("deleting", path), e))?;
-    Ok(dest)
+        .map_err(|e| Error::io(ctx("syncing", tmp), e))
 }

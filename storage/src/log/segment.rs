@@ -10,6 +10,11 @@
 //! Live segments (holding an entry Raft has not purged) keep a per-entry index
 //! ([`EntryLoc`]: offset, length, leader) so replication reads are one positional read.
 //! Retained segments (purged by Raft, kept as the raw-click store) keep only their range.
+//!
+//! The scan of the newest segment tells a torn tail from damage by looking for a valid
+//! record after the first bad one; that search is linear in the bytes after it and has a
+//! checksum budget (see [`PosReader::find_following_record`]). Indexes read from a file are
+//! checked against [`format::MAX_INDEX`] before any arithmetic on them.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -42,7 +47,8 @@ pub(crate) struct EntryLoc {
 pub(crate) struct Segment {
     pub path: PathBuf,
     pub first_index: u64,
-    /// Number of entries.
+    /// Number of entries. `first_index + entries - 1` (the last index) is at most
+    /// [`format::MAX_INDEX`]: recovery checks it, appends refuse indexes past it.
     pub entries: u64,
     /// Bytes of valid data: the end of the last record.
     pub len: u64,
@@ -223,17 +229,96 @@ impl PosReader {
         }
     }
 
-    /// Offset of the first valid record starting in `(from, end)`, if any.
-    fn next_valid_record(&mut self, from: u64) -> Result<Option<u64>> {
-        let mut at = from + 1;
-        while at + FRAME_HEADER_LEN as u64 <= self.end {
-            if self.record(at)?.is_some() {
-                return Ok(Some(at));
-            }
+    /// Looks for a record after the bad one at `bad_at` that proves the bytes there are
+    /// not a torn tail: a record that passes its checksum and could continue the log,
+    /// given `next` (what the next entry must look like).
+    ///
+    /// Linear in the bytes after `bad_at`. Every offset is a possible record start, but the
+    /// checksum (the costly part: a record can be 256 MiB) is computed only for a header
+    /// that is plausible, lies within the file, and — for an entry — opens with a log id
+    /// that could follow: index within reach of `next` (each entry record in between takes
+    /// at least [`MIN_ENTRY_RECORD_LEN`] bytes), leader not older. Records the log wrote
+    /// after `bad_at` do not overlap, so checking them all costs at most the tail's length;
+    /// past [`SEARCH_BUDGET_FACTOR`] times that, the search stops [`Following::Undecided`].
+    fn find_following_record(
+        &mut self,
+        bad_at: u64,
+        next: NextEntry,
+        work: &mut SearchWork,
+    ) -> Result<Following> {
+        let budget = (self.end - bad_at).saturating_mul(SEARCH_BUDGET_FACTOR);
+        let mut at = bad_at;
+        loop {
             at += 1;
+            let Some(h) = self.get(at, FRAME_HEADER_LEN)?.map(FrameHeader::parse) else {
+                return Ok(Following::Nothing);
+            };
+            work.positions += 1;
+            let fits = at
+                .checked_add(h.record_len() as u64)
+                .is_some_and(|stop| stop <= self.end);
+            if !h.is_plausible() || !fits {
+                continue;
+            }
+            if h.record_type == RECORD_ENTRY && !self.entry_could_follow(at, &h, bad_at, next)? {
+                continue;
+            }
+            work.hashed += h.record_len() as u64;
+            if work.hashed > budget {
+                return Ok(Following::Undecided);
+            }
+            if self.record(at)?.is_some() {
+                return Ok(Following::Record(at));
+            }
         }
-        Ok(None)
     }
+
+    /// Whether the entry record whose plausible header `h` is at `at` opens with a log id
+    /// that could follow the entries before the bad record at `bad_at`.
+    fn entry_could_follow(
+        &mut self,
+        at: u64,
+        h: &FrameHeader,
+        bad_at: u64,
+        next: NextEntry,
+    ) -> Result<bool> {
+        let n = h.len.min(codec::MAX_LOG_ID_PREFIX_LEN);
+        let Some(prefix) = self.get(at + FRAME_HEADER_LEN as u64, n)? else {
+            return Ok(false);
+        };
+        let Ok(id) = codec::decode_log_id(prefix) else {
+            return Ok(false);
+        };
+        let reach = (at - bad_at) / MIN_ENTRY_RECORD_LEN as u64;
+        Ok(id.index >= next.index
+            && id.index - next.index <= reach
+            && next.leader.is_none_or(|l| id.leader_id >= l))
+    }
+}
+
+/// Fewest bytes an entry record takes.
+const MIN_ENTRY_RECORD_LEN: usize = FRAME_HEADER_LEN + codec::MIN_ENTRY_LEN;
+
+/// How many times the length of the bytes after a bad record the search for a following
+/// valid record may checksum before giving up (see [`PosReader::find_following_record`]).
+const SEARCH_BUDGET_FACTOR: u64 = 2;
+
+/// What the next entry record of a segment must carry.
+#[derive(Debug, Clone, Copy)]
+struct NextEntry {
+    index: u64,
+    leader: Option<LeaderId<u64, u64>>,
+}
+
+/// What the search after a bad record found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Following {
+    /// A valid record that could continue the log starts at this offset.
+    Record(u64),
+    /// None: the bad bytes are a torn tail.
+    Nothing,
+    /// The search gave up (its checksum budget is spent) without finding one.
+    Undecided,
 }
 
 /// Whether the scanned segment is the newest one, whose tail may be torn.
@@ -256,10 +341,42 @@ pub(crate) struct Scan {
     pub committed: Option<Option<LogId>>,
     /// For the last segment: the offset where bad trailing bytes start, and why.
     pub torn: Option<(u64, String)>,
+    /// What looking for a valid record after a bad one cost.
+    pub search: SearchWork,
+}
+
+/// The work of a search for a valid record after a bad one (a metric; tests pin it).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct SearchWork {
+    /// Offsets examined as possible record starts.
+    pub positions: u64,
+    /// Bytes checksummed while checking candidates.
+    pub hashed: u64,
+}
+
+/// The index the next entry record of a segment holding `entries` entries from
+/// `first_index` must carry, or corruption (naming the record at `at`) if it would pass
+/// [`format::MAX_INDEX`]: a file named near `u64::MAX` cannot hold more entries.
+fn next_index(path: &Path, at: u64, first_index: u64, entries: usize) -> Result<u64> {
+    first_index
+        .checked_add(entries as u64)
+        .filter(|&i| i <= format::MAX_INDEX)
+        .ok_or_else(|| {
+            Error::corruption(
+                path,
+                at,
+                format!(
+                    "entry {entries} of a segment starting at index {first_index} would be \
+                     past the largest index {}",
+                    format::MAX_INDEX
+                ),
+            )
+        })
 }
 
 /// Reads every record of a segment of `file_len` bytes, checking checksums, index
-/// continuity (entry `i` has index `first_index + i`) and leader order.
+/// continuity (entry `i` has index `first_index + i`, at most [`format::MAX_INDEX`]) and
+/// leader order.
 pub(crate) fn scan(
     file: &Arc<dyn LogFile>,
     path: &Path,
@@ -274,6 +391,7 @@ pub(crate) fn scan(
         seal: None,
         committed: None,
         torn: None,
+        search: SearchWork::default(),
     };
     let mut at = SEGMENT_HEADER_LEN as u64;
     while at < file_len {
@@ -299,12 +417,33 @@ pub(crate) fn scan(
                 ScanKind::Sealed => return Err(Error::corruption(path, at, reason)),
                 ScanKind::Last(RecoveryMode::TruncateTail) => {}
                 ScanKind::Last(RecoveryMode::Strict) => {
-                    if let Some(next) = r.next_valid_record(at)? {
-                        return Err(Error::corruption(
-                            path,
-                            at,
-                            format!("{reason}, followed by a valid record at offset {next}"),
-                        ));
+                    // Only a filter: an index past MAX_INDEX cannot follow anyway.
+                    let next = NextEntry {
+                        index: first_index.saturating_add(out.locs.len() as u64),
+                        leader: out.locs.last().map(|l| l.leader),
+                    };
+                    match r.find_following_record(at, next, &mut out.search)? {
+                        Following::Nothing => {}
+                        Following::Record(valid) => {
+                            return Err(Error::corruption(
+                                path,
+                                at,
+                                format!("{reason}, followed by a valid record at offset {valid}"),
+                            ));
+                        }
+                        Following::Undecided => {
+                            return Err(Error::corruption(
+                                path,
+                                at,
+                                format!(
+                                    "{reason}; the search for a valid record after it gave up \
+                                     after checksumming {} bytes, so the bytes from here on \
+                                     cannot be proven a torn tail (RecoveryMode::TruncateTail \
+                                     cuts them)",
+                                    out.search.hashed
+                                ),
+                            ));
+                        }
                     }
                 }
             }
@@ -323,7 +462,7 @@ pub(crate) fn scan(
             RECORD_ENTRY => {
                 let id = codec::decode_log_id(payload)
                     .map_err(|e| e.into_corruption(path, at + FRAME_HEADER_LEN as u64))?;
-                let expected = first_index + out.locs.len() as u64;
+                let expected = next_index(path, at, first_index, out.locs.len())?;
                 if id.index != expected {
                     return Err(Error::corruption(
                         path,
@@ -358,8 +497,11 @@ pub(crate) fn scan(
             RECORD_SEAL => {
                 let seal =
                     format::decode_seal(payload).map_err(|r| Error::corruption(path, at, r))?;
-                let last = (first_index + out.locs.len() as u64).checked_sub(1);
-                if out.locs.is_empty() || Some(seal.last_index) != last {
+                // Every entry's index was checked against `next_index`: no overflow.
+                let last = (out.locs.len() as u64)
+                    .checked_sub(1)
+                    .map(|n| first_index + n);
+                if Some(seal.last_index) != last {
                     return Err(Error::corruption(
                         path,
                         at,

@@ -26,8 +26,9 @@ use super::flusher::Flusher;
 use super::format::{
     self, FrameHeader, Meta, Seal, FRAME_HEADER_LEN, RECORD_COMMITTED, RECORD_ENTRY, RECORD_SEAL,
 };
-use super::fs::FileSystem;
+use super::fs::{FileLock, FileSystem};
 use super::meta;
+use super::retention::Background;
 use super::segment::{self, EntryLoc, Segment};
 use crate::codec;
 use crate::error::{Error, Result};
@@ -41,6 +42,12 @@ pub(crate) struct Shared {
     pub inner: RwLock<Inner>,
     pub meta_lock: Mutex<()>,
     pub flusher: Flusher,
+    /// Serializes retention passes: a pass removes a prefix of `segments` one at a time.
+    pub retention_lock: Mutex<()>,
+    /// The background retention worker, joined by [`Self::close`].
+    pub background: Background,
+    /// The directory lock, held from open until [`Self::close`] releases it.
+    pub dir_lock: Mutex<Option<Box<dyn FileLock>>>,
 }
 
 /// The in-memory view of the log directory.
@@ -154,6 +161,24 @@ impl Shared {
         self.flusher.check().map_err(|e| Error::io("log", e))
     }
 
+    /// Shuts the writing side down when the [`super::LogStore`] goes: joins the background
+    /// retention worker (a pass in progress stops after the segment it is moving), waits
+    /// until every append is durable, then releases the directory lock — so the directory
+    /// can be reopened at once, even while readers of this log are still alive.
+    pub fn close(&self) {
+        self.background.close();
+        if let Err(e) = self.flusher.wait_synced(self.flusher.last_written()) {
+            tracing::warn!(error = %e, "closing a log whose last appends are not durable");
+        }
+        let lock = self
+            .dir_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        drop(lock);
+        tracing::debug!(dir = %self.config.dir.display(), "log closed");
+    }
+
     /// Disables the log after a failed write: the file's state is unknown until recovery.
     fn fail(&self, context: String, e: std::io::Error) -> Error {
         self.flusher.fail(&e);
@@ -182,6 +207,16 @@ impl Shared {
             self.flusher.written(callback.take());
             return Ok(());
         };
+        let fits = (entries.len() as u64 - 1)
+            .checked_add(first)
+            .is_some_and(|last| last <= format::MAX_INDEX);
+        if !fits {
+            return Err(Error::InvalidArgument(format!(
+                "append of {} entries from index {first} passes the largest index {}",
+                entries.len(),
+                format::MAX_INDEX
+            )));
+        }
         let mut buf = Vec::new();
         let mut rel = Vec::with_capacity(entries.len());
         for (i, e) in entries.iter().enumerate() {
@@ -382,7 +417,10 @@ impl Shared {
     pub fn truncate_after(&self, last: Option<LogId>) -> Result<()> {
         let mut inner = self.write()?;
         self.check()?;
-        let from = last.map_or(0, |l| l.index + 1);
+        let Some(from) = last.map_or(Some(0), |l| l.index.checked_add(1)) else {
+            // Nothing can follow index u64::MAX.
+            return Ok(());
+        };
         if let Some(p) = inner.purged.filter(|p| from <= p.index) {
             return Err(Error::InvalidArgument(format!(
                 "cannot truncate after {last:?}: entries up to {p} are purged"
@@ -394,8 +432,11 @@ impl Shared {
     }
 
     /// Removes every stored entry with index `from` or above, durably: later segments are
-    /// deleted (directory fsync), the segment holding `from` is cut at its record and
-    /// fsynced. The caller checked that nothing at or below the purged index is cut.
+    /// deleted newest first, each removal made durable (directory fsync) before the next,
+    /// so a crash — even on a file system that reorders unlinks — leaves a prefix of the
+    /// segments, never a hole recovery would refuse; then the segment holding `from` is cut
+    /// at its record and fsynced. The caller checked that nothing at or below the purged
+    /// index is cut.
     fn cut_from(&self, inner: &mut Inner, from: u64) -> Result<()> {
         if inner.last_stored_index().is_none_or(|l| l < from) {
             return Ok(());
@@ -411,8 +452,6 @@ impl Shared {
             self.fs
                 .remove_file(&s.path)
                 .map_err(|e| self.fail(format!("removing {}", s.path.display()), e))?;
-        }
-        if !removed.is_empty() {
             self.fs
                 .sync_dir(&dir)
                 .map_err(|e| self.fail(format!("syncing directory {}", dir.display()), e))?;
@@ -458,6 +497,7 @@ impl Shared {
     /// truncating), the stored entries after the last known committed one may come from a
     /// deposed leader: they are cut first, leaving a gap the snapshot covers.
     pub fn purge(&self, id: LogId) -> Result<()> {
+        check_index(&id, "purge")?;
         self.check()?;
         {
             let _m = self
@@ -525,6 +565,9 @@ impl Shared {
     /// Records the committed log id in the active segment; durable with the next group
     /// commit (losing the newest one in a crash is harmless: Raft re-learns it).
     pub fn save_committed(&self, committed: Option<LogId>) -> Result<()> {
+        if let Some(c) = &committed {
+            check_index(c, "committed log id")?;
+        }
         let mut inner = self.write()?;
         if inner.committed == committed {
             return Ok(());
@@ -545,6 +588,17 @@ impl Shared {
         self.flusher.written(None);
         Ok(())
     }
+}
+
+/// Refuses a log id from Raft past [`format::MAX_INDEX`]: recovery would refuse it on disk.
+fn check_index(id: &LogId, what: &str) -> Result<()> {
+    if id.index > format::MAX_INDEX {
+        return Err(Error::InvalidArgument(format!(
+            "{what} {id} passes the largest index {}",
+            format::MAX_INDEX
+        )));
+    }
+    Ok(())
 }
 
 /// Where to cut before purging up to `id`, if anything must go. The stored entries after

@@ -149,6 +149,43 @@ fn truncate_after_removes_a_suffix_spanning_segments() {
 }
 
 #[test]
+fn truncation_makes_each_segment_removal_durable_before_the_next() {
+    // Removing newest first, with a directory fsync after each removal, means a crash
+    // leaves a prefix of the segments even where unlinks persist out of order: never a
+    // missing middle segment, which recovery refuses.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fs = FaultyFs::default();
+    let store = open_fs(dir.path(), 2048, &fs);
+    for i in 0..30 {
+        append(&store, vec![ingest(1, i, 5)]);
+    }
+    let segs = store.raw_reader().segments().expect("segments");
+    let doomed: Vec<PathBuf> = segs
+        .iter()
+        .filter(|s| s.first_index > 7)
+        .map(|s| s.path.clone())
+        .rev()
+        .collect();
+    assert!(doomed.len() >= 2, "{segs:?}");
+    let before = fs.ops().len();
+    store
+        .shared
+        .truncate_after(Some(id(1, 6)))
+        .expect("truncate");
+    let ops = fs.ops().split_off(before);
+    let want: Vec<FsOp> = doomed
+        .iter()
+        .flat_map(|p| {
+            [
+                FsOp::Remove(p.clone()),
+                FsOp::SyncDir(dir.path().to_path_buf()),
+            ]
+        })
+        .collect();
+    assert_eq!(ops, want);
+}
+
+#[test]
 fn truncate_after_none_empties_a_never_purged_log() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = open(dir.path(), 1 << 20);

@@ -2,7 +2,9 @@
 //! openraft adapters are thin and covered by `storage/tests/log_openraft_suite.rs`).
 
 mod basic;
+mod crafted;
 mod group_commit;
+mod lock;
 mod model;
 mod recovery;
 mod retention;
@@ -18,7 +20,7 @@ use openraft::type_config::TypeConfigExt;
 use openraft::EntryPayload;
 use tokio::sync::oneshot;
 
-use super::{FaultyFs, FileSystem, LogConfig, LogStore, RetentionPolicy, StdFs};
+use super::{FaultyFs, FileSystem, FsOp, LogConfig, LogStore, RetentionPolicy, StdFs};
 use crate::types::{Command, Entry, IngestBatch, LogId, TypeConfig, Vote};
 
 /// Log id with leader node 1.

@@ -306,3 +306,162 @@ fn opening_a_new_log_makes_the_directories_it_created_durable() {
     }
     drop(store);
 }
+
+/// `n` pseudo-random bytes from `seed` (xorshift64*: deterministic, no dependency).
+fn random_bytes(seed: u64, n: usize) -> Vec<u8> {
+    let mut x = seed.max(1);
+    let mut out = Vec::with_capacity(n + 8);
+    while out.len() < n {
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        out.extend_from_slice(&x.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes());
+    }
+    out.truncate(n);
+    out
+}
+
+#[test]
+fn a_multi_mib_random_tail_is_cut_after_work_linear_in_its_length() {
+    let seed = 0x5eed_0001;
+    let tail_len = 8 << 20;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (seg, locs) = build(dir.path(), 5, 64 << 20);
+    let valid = file_len(&seg);
+    let mut bytes = std::fs::read(&seg).expect("read segment");
+    bytes.extend_from_slice(&random_bytes(seed, tail_len));
+    std::fs::write(&seg, &bytes).expect("write segment");
+
+    let file = std_fs()
+        .open(&seg, crate::log::OpenMode::Read)
+        .expect("open segment");
+    let scan = crate::log::segment::scan(
+        &file,
+        &seg,
+        0,
+        bytes.len() as u64,
+        crate::log::segment::ScanKind::Last(RecoveryMode::Strict),
+    )
+    .expect("scan");
+    assert_eq!(scan.locs.len(), locs.len(), "seed {seed:#x}");
+    assert_eq!(
+        scan.torn.as_ref().map(|t| t.0),
+        Some(valid),
+        "seed {seed:#x}"
+    );
+    // Every offset of the tail is looked at once, and no byte is checksummed more often
+    // than the tail is long: the work is linear, not quadratic, in the garbage.
+    assert!(
+        scan.search.positions <= tail_len as u64,
+        "seed {seed:#x}: {:?}",
+        scan.search
+    );
+    assert!(
+        scan.search.hashed <= tail_len as u64,
+        "seed {seed:#x}: {:?}",
+        scan.search
+    );
+    drop(file);
+
+    let store = open(dir.path(), 64 << 20);
+    assert_eq!(ids(&store).len(), 5, "seed {seed:#x}");
+    assert_eq!(file_len(&seg), valid, "seed {seed:#x}: the tail is cut");
+}
+
+/// Appends `bytes` to the file at `path`.
+fn append_bytes(path: &Path, bytes: &[u8]) {
+    let mut all = std::fs::read(path).expect("read segment");
+    all.extend_from_slice(bytes);
+    std::fs::write(path, all).expect("write segment");
+}
+
+/// A framed entry record holding `blank(term, index)`.
+fn entry_record(term: u64, index: u64) -> Vec<u8> {
+    let mut payload = Vec::new();
+    crate::codec::encode_entry(&blank(term, index), &mut payload);
+    let mut rec = Vec::new();
+    crate::log::format::put_frame(&mut rec, crate::log::format::RECORD_ENTRY, &payload);
+    rec
+}
+
+#[test]
+fn a_bad_record_followed_by_a_valid_committed_record_is_corruption() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (seg, locs) = build(dir.path(), 3, 1 << 20);
+    let end = file_len(&seg);
+    let mut torn = entry_record(1, 3);
+    let last = torn.len() - 1;
+    torn[last] ^= 0xff;
+    let mut committed = Vec::new();
+    crate::log::format::put_frame(
+        &mut committed,
+        crate::log::format::RECORD_COMMITTED,
+        &crate::log::format::encode_committed(Some(&id(1, 2))),
+    );
+    append_bytes(&seg, &[torn, committed].concat());
+    match open_err(dir.path()) {
+        Error::Corruption { path, offset, .. } => assert_eq!((path, offset), (seg, end)),
+        e => panic!("expected corruption, got {e}"),
+    }
+    assert_eq!(locs.len(), 3);
+}
+
+#[test]
+fn a_checksummed_entry_that_cannot_continue_the_log_does_not_block_cutting_a_torn_tail() {
+    // After a torn record only a record that could follow it proves acknowledged data
+    // lies beyond: an entry far past the next index (or from an older leader) cannot have
+    // been written there by this log.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (seg, _) = build(dir.path(), 3, 1 << 20);
+    let end = file_len(&seg);
+    let mut torn = entry_record(1, 3);
+    let last = torn.len() - 1;
+    torn[last] ^= 0xff;
+    append_bytes(
+        &seg,
+        &[torn, entry_record(1, 1_000_000), entry_record(0, 4)].concat(),
+    );
+    let store = open(dir.path(), 1 << 20);
+    assert_eq!(ids(&store).len(), 3);
+    assert_eq!(file_len(&seg), end);
+}
+
+#[test]
+fn a_tail_built_to_defeat_the_search_is_refused_with_a_clear_reason() {
+    // Dozens of overlapping headers that each claim a record to the end of the file and
+    // open with the right log id: checking them all would checksum the tail many times
+    // over. The search stops at its budget and, unable to prove the tail torn, refuses.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (seg, _) = build(dir.path(), 3, 1 << 20);
+    let end = file_len(&seg);
+    let fakes = 64usize;
+    let stride = 14;
+    let tail_len = fakes * stride + 64 * 1024;
+    let mut tail = vec![0u8; tail_len];
+    for k in 0..fakes {
+        let at = k * stride;
+        let len = (tail_len - at - crate::log::format::FRAME_HEADER_LEN) as u32;
+        tail[at + 4..at + 8].copy_from_slice(&len.to_le_bytes());
+        tail[at + 8] = crate::log::format::RECORD_ENTRY;
+        // version 1, term 1, node 1, index 3: the next entry.
+        tail[at + 9..at + 13].copy_from_slice(&[1, 1, 1, 3]);
+    }
+    append_bytes(&seg, &tail);
+    match open_err(dir.path()) {
+        Error::Corruption {
+            path,
+            offset,
+            reason,
+        } => {
+            assert_eq!((path, offset), (seg.clone(), end));
+            assert!(reason.contains("gave up"), "{reason}");
+            assert!(reason.contains("TruncateTail"), "{reason}");
+        }
+        e => panic!("expected corruption, got {e}"),
+    }
+    let mut c = config(dir.path(), 1 << 20);
+    c.recovery = RecoveryMode::TruncateTail;
+    let store = LogStore::open(c).expect("open");
+    assert_eq!(ids(&store).len(), 3);
+    assert_eq!(file_len(&seg), end);
+}
