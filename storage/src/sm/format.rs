@@ -132,6 +132,11 @@ impl Keys {
         k
     }
 
+    /// The group these keys belong to.
+    pub fn group(&self) -> u64 {
+        u64::from_be_bytes(self.group)
+    }
+
     /// First key of the group.
     pub fn group_start(&self) -> Vec<u8> {
         self.group.to_vec()
@@ -322,6 +327,27 @@ pub fn late_key_minute(key: &[u8]) -> DecodeResult<Minute> {
     Ok(minute_from(fixed8(&key[at..])?))
 }
 
+/// Parses the key of a `LATE` entry of group `keys`: ad and minute.
+pub fn parse_late_key(keys: &Keys, key: &[u8]) -> DecodeResult<(AdId, Minute)> {
+    let rest = keys
+        .strip(key)
+        .and_then(|k| k.strip_prefix(&[tag::LATE]))
+        .ok_or_else(|| Malformed::new("not a late key"))?;
+    let (&len, rest) = rest
+        .split_first()
+        .ok_or_else(|| Malformed::new("late key too short"))?;
+    if rest.len() != usize::from(len) + 8 {
+        return Err(Malformed::new(format!(
+            "late key of ad length {len} has {} bytes after the length",
+            rest.len()
+        )));
+    }
+    let (ad, m) = rest.split_at(usize::from(len));
+    let ad = AdId::from_bytes(bytes::Bytes::copy_from_slice(ad))
+        .map_err(|e| Malformed::new(format!("late key ad id: {e}")))?;
+    Ok((ad, minute_from(fixed8(m)?)))
+}
+
 /// Parses the key of a `DEDUP` entry: minute and event id bytes.
 pub fn parse_dedup_key<'k>(keys: &Keys, key: &'k [u8]) -> DecodeResult<(Minute, &'k [u8])> {
     let rest = keys
@@ -357,6 +383,20 @@ pub fn encode_u64(v: u64) -> [u8; 8] {
 /// Inverse of [`encode_u64`].
 pub fn decode_u64(b: &[u8]) -> DecodeResult<u64> {
     Ok(u64::from_be_bytes(fixed8(b)?))
+}
+
+/// Largest plausible counter or late tally: 2^62 clicks of one ad in one minute is
+/// millions of years of the whole system's traffic. A stored value above it can only be
+/// damage or a hostile snapshot, and refusing it keeps every later `+` far from overflow.
+pub const MAX_COUNT: u64 = 1 << 62;
+
+/// A counter or late-tally value: [`decode_u64`], refusing values above [`MAX_COUNT`].
+pub fn decode_count(b: &[u8]) -> DecodeResult<u64> {
+    let n = decode_u64(b)?;
+    if n > MAX_COUNT {
+        return Err(Malformed::new(format!("implausible count {n}")));
+    }
+    Ok(n)
 }
 
 /// A little cursor for the structured encodings below.

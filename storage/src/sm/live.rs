@@ -229,8 +229,7 @@ impl Counters {
         self.minutes
             .range(range.from..range.to)
             .filter_map(|(_, m)| m.get(&slot))
-            .map(|t| t.get(r))
-            .sum()
+            .fold(0, |a, t| a.saturating_add(t.get(r)))
     }
 
     /// Forgets every minute below `floor` (they stay in RocksDB). Cheap: the ads they
@@ -275,7 +274,8 @@ impl Counters {
             .filter_map(|(_, m)| m.get(&slot))
         {
             for (&r, c) in &tally.by_ad {
-                *acc.entry(self.ads.ad(r).clone()).or_insert(0) += c.count;
+                let n = acc.entry(self.ads.ad(r).clone()).or_insert(0);
+                *n = n.saturating_add(c.count);
             }
         }
     }
@@ -318,16 +318,15 @@ impl Counters {
                 if !seen.insert(r) {
                     continue;
                 }
-                let total: u64 = lists.iter().map(|t| t.get(r)).sum();
+                let total = lists.iter().fold(0u64, |a, t| a.saturating_add(t.get(r)));
                 best.push((Reverse(total), self.ads.ad(r).clone()));
                 if best.len() > n {
                     best.pop();
                 }
             }
-            let threshold: u64 = cursors
-                .iter_mut()
-                .map(|c| c.peek().map_or(0, |(count, _)| **count))
-                .sum();
+            let threshold = cursors.iter_mut().fold(0u64, |a, c| {
+                a.saturating_add(c.peek().map_or(0, |(count, _)| **count))
+            });
             if best.len() == n && best.peek().is_some_and(|(Reverse(c), _)| *c > threshold) {
                 break;
             }

@@ -14,7 +14,8 @@
 //! - [`live`]: the in-memory view queries read (counters of recent minutes, organised for
 //!   exact top-N), [`dedup`]: the in-memory dedup index, [`filters`]: compiled filters.
 //! - [`format`](mod@format): every RocksDB key/value layout; [`snapshot`]: the snapshot file format.
-//!   Both are described byte by byte in `docs/state-format.md`.
+//!   Both are described byte by byte in `docs/state-format.md`. [`validate`]: what install
+//!   checks about a snapshot's contents before it changes anything.
 //! - [`raft`]: the openraft `RaftStateMachine` / `RaftSnapshotBuilder` impls.
 //!
 //! # Invariants
@@ -55,7 +56,10 @@
 //! 3. *Installs.* Replacing the state from a snapshot takes several batches. The first
 //!    writes a marker key with the range delete, the last removes it and is followed by
 //!    a flush. If the marker is found on open, the state is wiped and `applied_state` is
-//!    empty, so openraft re-installs the (already durable) current snapshot.
+//!    empty, so openraft re-installs the (already durable) current snapshot. The file is
+//!    checked (format, contents, group) before it is published, so a snapshot that would
+//!    not load is refused while the old state is intact; a snapshot build waits for an
+//!    install in progress rather than read its intermediate state.
 //!
 //! Building a snapshot also flushes RocksDB, so after a crash the RocksDB prefix is
 //! normally at least as new as the current snapshot and openraft only replays the log
@@ -73,6 +77,7 @@ pub mod raft;
 pub mod reader;
 pub mod snapshot;
 pub mod store;
+pub mod validate;
 
 pub use raft::{SmSnapshotBuilder, Snapshot};
 pub use reader::{CountAnswer, FilterInfo, SmReader, SmStatus, StateDigest, TopAnswer, MAX_TOP_N};

@@ -79,7 +79,21 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     {
         let mut pending = Pending::default();
         let mut replies = Vec::new();
-        while let Some((entry, responder)) = entries.try_next().await? {
+        loop {
+            let next = match entries.try_next().await {
+                Ok(next) => next,
+                Err(e) => {
+                    // What was staged is already in the apply state (dedup ids, clock,
+                    // applied id): write it, or that state would run ahead of RocksDB
+                    // and of the view, and its clicks would be lost to later applies.
+                    self.commit(std::mem::take(&mut pending))?;
+                    answer(&mut replies);
+                    return Err(e);
+                }
+            };
+            let Some((entry, responder)) = next else {
+                break;
+            };
             let response = self.stage(&entry, &mut pending)?;
             if let Some(r) = responder {
                 replies.push((r, response));

@@ -201,7 +201,8 @@ impl SmReader {
                     .collect();
                 for v in db.batched_multi_get_cf_opt(cf, &batch, true, &ro) {
                     if let Some(v) = v? {
-                        count += format::decode_u64(&v).map_err(|m| sh.corrupt(m.0))?;
+                        let n = format::decode_count(&v).map_err(|m| sh.corrupt(m.0))?;
+                        count = count.saturating_add(n);
                     }
                 }
             }
@@ -210,12 +211,15 @@ impl SmReader {
         let (a, b) = keys.late_range(ad.as_bytes(), range.from, range.to);
         scan(db, cf, Some(&snap), (&a, &b), false, |k, v| {
             let minute = format::late_key_minute(k).map_err(|m| sh.corrupt(m.0))?;
-            late.insert(minute, format::decode_u64(v).map_err(|m| sh.corrupt(m.0))?);
+            late.insert(
+                minute,
+                format::decode_count(v).map_err(|m| sh.corrupt(m.0))?,
+            );
             Ok(true)
         })?;
         // The in-flight commit's tallies, whether or not the snapshot already holds them.
         late.extend(overlay);
-        let late = late.values().sum();
+        let late = late.values().fold(0u64, |a, n| a.saturating_add(*n));
         Ok(CountAnswer {
             count,
             late,
@@ -256,7 +260,9 @@ impl SmReader {
                 Slot::Filter(_) => format::parse_filter_count_key(&keys, k).map(|(_, _, ad)| ad),
             };
             let ad = parsed.map_err(|m| sh.corrupt(m.0))?;
-            *acc.entry(ad).or_insert(0) += format::decode_u64(v).map_err(|m| sh.corrupt(m.0))?;
+            let n = format::decode_count(v).map_err(|m| sh.corrupt(m.0))?;
+            let c = acc.entry(ad).or_insert(0);
+            *c = c.saturating_add(n);
             Ok(true)
         })?;
         let mut rows: Vec<AdCount> = acc

@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! header  : magic "ADCKSNAP" | version u32 | meta_len u32 | meta | crc32(header so far) u32
-//! meta    : opt log id (0 | 1 term node index) | membership (state-format encoding)
+//! meta    : group u64 | opt log id (0 | 1 term node index) | membership (state-format encoding)
 //! record* : 0x01 | key_len u32 | val_len u32 | key | value | crc32(record so far) u32
 //! footer  : 0x00 | record count u64 | crc32(all record bytes) u32 | "ADCKSEND"
 //! ```
@@ -12,7 +12,9 @@
 //! All integers are big-endian. Keys are the group's RocksDB keys without the 8-byte group
 //! prefix, in ascending order; values are the RocksDB values unchanged (see
 //! `docs/state-format.md`). A reader refuses the file at the first failed check and names
-//! the byte offset; nothing after the footer is allowed.
+//! the byte offset; nothing after the footer is allowed. The header names the group the
+//! snapshot was built from, so a snapshot delivered to the wrong group is refused instead
+//! of silently replacing that group's counters.
 
 use std::fs::{self, File};
 use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
@@ -26,8 +28,8 @@ use crate::types::SnapshotMeta;
 pub const MAGIC: &[u8; 8] = b"ADCKSNAP";
 /// Last bytes of every snapshot file.
 pub const FOOTER_MAGIC: &[u8; 8] = b"ADCKSEND";
-/// Format version written and accepted.
-pub const VERSION: u32 = 1;
+/// Format version written and accepted. Version 2 added the group id to the header.
+pub const VERSION: u32 = 2;
 /// Tag of a record.
 pub const RECORD_TAG: u8 = 0x01;
 /// Tag of the footer.
@@ -198,8 +200,34 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
         .map_err(|e| Error::io(format!("fsync {}", dir.display()), e))
 }
 
+/// Copies the snapshot `file` (from its start) into a new temporary file in `dir`, fsync'd,
+/// so that installing a snapshot that lives elsewhere never moves or changes the caller's
+/// file (another group's current snapshot, say) and never renames across file systems.
+pub fn copy_into(dir: &Path, mut file: SnapshotFile) -> Result<SnapshotFile> {
+    let source = file.path().to_path_buf();
+    let mut copy = IncomingSnapshot::create(dir)?;
+    let copied = file
+        .file()
+        .seek(SeekFrom::Start(0))
+        .and_then(|_| io::copy(file.file(), &mut copy));
+    if let Err(e) = copied {
+        let _ = fs::remove_file(&copy.path);
+        return Err(Error::io(
+            format!("copy snapshot {} into {}", source.display(), dir.display()),
+            e,
+        ));
+    }
+    let path = copy.path.clone();
+    copy.finish().inspect_err(|_| {
+        let _ = fs::remove_file(&path);
+    })
+}
+
 /// Moves `file` (already fsync'd) to its final name in `dir` and deletes every other
 /// complete snapshot that is not newer. Returns the final path.
+///
+/// The rename is made durable before anything older is deleted, so a crash in between
+/// leaves the older snapshot as well, never neither.
 pub fn publish(dir: &Path, file: &Path, meta: &SnapshotMeta) -> Result<PathBuf> {
     let target = dir.join(file_name(meta));
     if file != target {
@@ -209,6 +237,7 @@ pub fn publish(dir: &Path, file: &Path, meta: &SnapshotMeta) -> Result<PathBuf> 
                 e,
             )
         })?;
+        sync_dir(dir)?;
     }
     for old in list(dir)? {
         if old < target {
@@ -229,8 +258,8 @@ pub struct SnapshotWriter {
 }
 
 impl SnapshotWriter {
-    /// Starts a temporary file in `dir` with `meta`'s header.
-    pub fn create(dir: &Path, meta: &SnapshotMeta) -> Result<Self> {
+    /// Starts a temporary file in `dir` with the header of `group`'s snapshot at `meta`.
+    pub fn create(dir: &Path, group: u64, meta: &SnapshotMeta) -> Result<Self> {
         let path = temp_path(dir, "build");
         let file =
             File::create(&path).map_err(|e| Error::io(format!("create {}", path.display()), e))?;
@@ -244,7 +273,7 @@ impl SnapshotWriter {
         let mut header = Vec::new();
         header.extend_from_slice(MAGIC);
         header.extend_from_slice(&VERSION.to_be_bytes());
-        let meta_bytes = encode_meta(meta);
+        let meta_bytes = encode_meta(group, meta);
         header.extend_from_slice(&len_u32(meta_bytes.len()).to_be_bytes());
         header.extend_from_slice(&meta_bytes);
         let crc = crc32fast::hash(&header);
@@ -315,23 +344,27 @@ fn len_u32(n: usize) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
 }
 
-fn encode_meta(meta: &SnapshotMeta) -> Vec<u8> {
-    let mut out = Vec::new();
+fn encode_meta(group: u64, meta: &SnapshotMeta) -> Vec<u8> {
+    let mut out = group.to_be_bytes().to_vec();
     format::put_opt_log_id(&mut out, meta.last_log_id.as_ref());
     out.extend_from_slice(&format::encode_membership(&meta.last_membership));
     out
 }
 
-fn decode_meta(b: &[u8]) -> std::result::Result<SnapshotMeta, Malformed> {
+fn decode_meta(b: &[u8]) -> std::result::Result<(u64, SnapshotMeta), Malformed> {
     let mut r = Reader::new(b, "snapshot meta");
+    let group = r.u64()?;
     let last_log_id = format::get_opt_log_id(&mut r)?;
     r.version()?;
     let last_membership = format::get_membership_body(&mut r)?;
     r.finish()?;
-    Ok(SnapshotMeta {
-        last_log_id,
-        last_membership,
-    })
+    Ok((
+        group,
+        SnapshotMeta {
+            last_log_id,
+            last_membership,
+        },
+    ))
 }
 
 /// Reads and checks a snapshot file front to back.
@@ -339,6 +372,7 @@ pub struct SnapshotReader {
     path: PathBuf,
     input: BufReader<File>,
     offset: u64,
+    group: u64,
     meta: SnapshotMeta,
     records: u64,
     body: crc32fast::Hasher,
@@ -356,19 +390,30 @@ impl SnapshotReader {
             path,
             input: BufReader::with_capacity(1 << 20, file),
             offset: 0,
+            group: 0,
             meta: SnapshotMeta::default(),
             records: 0,
             body: crc32fast::Hasher::new(),
             last_key: None,
             done: false,
         };
-        r.meta = r.read_header()?;
+        (r.group, r.meta) = r.read_header()?;
         Ok(r)
     }
 
     /// The meta recorded in the header.
     pub fn meta(&self) -> &SnapshotMeta {
         &self.meta
+    }
+
+    /// The group the snapshot was built from.
+    pub fn group(&self) -> u64 {
+        self.group
+    }
+
+    /// Where the file is.
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     fn corrupt(&self, at: u64, reason: impl Into<String>) -> Error {
@@ -388,7 +433,7 @@ impl SnapshotReader {
         Ok(buf)
     }
 
-    fn read_header(&mut self) -> Result<SnapshotMeta> {
+    fn read_header(&mut self) -> Result<(u64, SnapshotMeta)> {
         let fixed = self.read_exact(16)?;
         if &fixed[..8] != MAGIC {
             return Err(self.corrupt(0, "not a snapshot file (bad magic)"));
@@ -506,7 +551,7 @@ mod tests {
     use super::*;
 
     fn write_sample(dir: &Path) -> PathBuf {
-        let mut w = SnapshotWriter::create(dir, &SnapshotMeta::default()).expect("create");
+        let mut w = SnapshotWriter::create(dir, 1, &SnapshotMeta::default()).expect("create");
         for i in 0u32..100 {
             w.record(&i.to_be_bytes(), &[i as u8; 10]).expect("record");
         }

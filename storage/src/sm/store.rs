@@ -26,9 +26,10 @@ use rocksdb::{
 
 use super::apply::{ApplyState, Pending, RegistryOp};
 use super::filters;
-use super::format::{self, meta, tag, Keys};
+use super::format::{self, meta, Keys};
 use super::live::{Live, Slot};
 use super::snapshot::{self, SnapshotFile, SnapshotReader};
+use super::validate::RecordCheck;
 use crate::error::{Error, Result};
 use crate::types::{CommandResponse, Entry, LogId, SnapshotMeta, StoredMembership};
 
@@ -90,6 +91,10 @@ pub(crate) struct Shared {
     pub(crate) snapshot_dir: PathBuf,
     /// Serialises renames and removals in `snapshot_dir`.
     pub(crate) snapshot_lock: Mutex<()>,
+    /// Held by a snapshot install while it replaces the group's keys, and by a snapshot
+    /// build while it takes its RocksDB snapshot: a build never reads a half-installed
+    /// state (it would have to fail, and openraft treats a failed build as fatal).
+    pub(crate) install_lock: Mutex<()>,
 }
 
 impl Shared {
@@ -125,6 +130,10 @@ impl Shared {
 
     pub(crate) fn snapshot_lock(&self) -> Result<std::sync::MutexGuard<'_, ()>> {
         self.snapshot_lock.lock().map_err(|_| Error::Closed)
+    }
+
+    fn install_lock(&self) -> Result<std::sync::MutexGuard<'_, ()>> {
+        self.install_lock.lock().map_err(|_| Error::Closed)
     }
 }
 
@@ -202,6 +211,7 @@ impl StateMachine {
             live: RwLock::new(Live::empty()),
             snapshot_dir,
             snapshot_lock: Mutex::new(()),
+            install_lock: Mutex::new(()),
         });
         let mut sm = StateMachine {
             shared,
@@ -340,7 +350,7 @@ impl StateMachine {
         for ((ad, minute), n) in &p.late {
             let key = keys.late(ad.as_bytes(), *minute);
             let cur = match db.get_pinned_cf(cf, &key)? {
-                Some(v) => format::decode_u64(&v).map_err(|m| shared.corrupt(m.0))?,
+                Some(v) => format::decode_count(&v).map_err(|m| shared.corrupt(m.0))?,
                 None => 0,
             };
             batch.put_cf(cf, key, format::encode_u64(cur + n));
@@ -530,7 +540,7 @@ impl StateMachine {
         let (a, b) = keys.count_range(from, Minute(i64::MAX));
         scan(db, cf, None, (&a, &b), true, |k, v| {
             let (minute, ad) = format::parse_count_key(&keys, k).map_err(bad)?;
-            let n = format::decode_u64(v).map_err(bad)?;
+            let n = format::decode_count(v).map_err(bad)?;
             if n > 0 {
                 live.counters.add(Slot::All, minute, &ad, n);
             }
@@ -540,7 +550,7 @@ impl StateMachine {
             let (a, b) = keys.filter_count_range(f.id, from, Minute(i64::MAX));
             scan(db, cf, None, (&a, &b), true, |k, v| {
                 let (_, minute, ad) = format::parse_filter_count_key(&keys, k).map_err(bad)?;
-                let n = format::decode_u64(v).map_err(bad)?;
+                let n = format::decode_count(v).map_err(bad)?;
                 if n > 0 {
                     live.counters.add(Slot::Filter(f.id), minute, &ad, n);
                 }
@@ -564,8 +574,15 @@ impl StateMachine {
 
     /// Installs a snapshot file: verifies every byte, makes it the current snapshot,
     /// replaces the group's keys with its records, and reloads. Refuses (without changing
-    /// anything) a file that fails a check or whose header differs from `meta`.
+    /// anything) a file that fails a check (format, contents, another group's snapshot)
+    /// or whose header differs from `meta`. A file outside the snapshot directory is
+    /// copied in first and left as it was.
     pub fn install_snapshot_file(&mut self, meta: &SnapshotMeta, file: SnapshotFile) -> Result<()> {
+        let file = if file.path().parent() == Some(self.shared.snapshot_dir.as_path()) {
+            file
+        } else {
+            snapshot::copy_into(&self.shared.snapshot_dir, file)?
+        };
         let path = file.path().to_path_buf();
         let checked = self.verify_snapshot(file).and_then(|header| {
             if header == *meta {
@@ -592,6 +609,8 @@ impl StateMachine {
             let _g = self.shared.snapshot_lock()?;
             snapshot::publish(&self.shared.snapshot_dir, &path, meta)?
         };
+        let shared = self.shared.clone();
+        let _installing = shared.install_lock()?;
         // Queries get `Closed` until the new state is loaded: RocksDB is in between.
         self.shared.write_live()?.broken = Some("installing a snapshot".into());
         if let Err(e) = self.replace_from(&current).and_then(|()| self.reload()) {
@@ -605,19 +624,37 @@ impl StateMachine {
         Ok(())
     }
 
+    /// Reads the whole file: its format, that it is this group's, and that every record
+    /// is state this group can load (see [`super::validate`]). Returns the header's meta.
     fn verify_snapshot(&self, file: SnapshotFile) -> Result<SnapshotMeta> {
-        let path = file.path().to_path_buf();
         let mut r = SnapshotReader::new(file)?;
-        while let Some((key, _)) = r.next_record()? {
-            if !is_snapshot_key(&key) {
-                return Err(Error::corruption(
-                    &path,
-                    0,
-                    format!("record key {key:02x?} is not a state key"),
-                ));
-            }
+        let path = r.path().to_path_buf();
+        let group = self.shared.keys.group();
+        if r.group() != group {
+            return Err(Error::corruption(
+                &path,
+                0,
+                format!(
+                    "snapshot of group {}, installing into group {group}",
+                    r.group()
+                ),
+            ));
         }
-        Ok(r.meta().clone())
+        let header = r.meta().clone();
+        let mut check = RecordCheck::new(self.shared.keys, &header);
+        loop {
+            let at = r.records();
+            let Some((key, value)) = r.next_record()? else {
+                break;
+            };
+            check.record(&key, &value).map_err(|m| {
+                Error::corruption(&path, 0, format!("record {at} (key {key:02x?}): {}", m.0))
+            })?;
+        }
+        check
+            .finish()
+            .map_err(|m| Error::corruption(&path, 0, m.0))?;
+        Ok(header)
     }
 
     /// Replaces the group's keys with the records of the (verified) snapshot at `path`.
@@ -645,18 +682,6 @@ impl StateMachine {
     /// A snapshot builder reading a consistent point of this group.
     pub fn snapshot_builder(&self) -> super::SmSnapshotBuilder {
         super::SmSnapshotBuilder::new(self.shared.clone())
-    }
-}
-
-/// Whether a snapshot record key (without group prefix) is a key the group may hold.
-fn is_snapshot_key(key: &[u8]) -> bool {
-    match key {
-        [tag::META, id] => matches!(
-            *id,
-            meta::APPLIED | meta::MEMBERSHIP | meta::SETTINGS | meta::CLOCK
-        ),
-        [t, ..] => (tag::FILTER..=tag::DEDUP).contains(t),
-        [] => false,
     }
 }
 
@@ -695,9 +720,14 @@ fn mem_floor(floor: Minute, keep: u32) -> Minute {
 /// Builds the snapshot of `shared` as of one RocksDB snapshot; returns its meta and path.
 pub(crate) fn build_snapshot(shared: &Shared) -> Result<(SnapshotMeta, PathBuf)> {
     let (db, keys, cf) = (&*shared.db, shared.keys, shared.cf()?);
-    let snap = db.snapshot();
+    let snap = {
+        // Not in the middle of an install: its batches together are one state change.
+        let _g = shared.install_lock()?;
+        db.snapshot()
+    };
     let bad = |m: format::Malformed| shared.corrupt(m.0);
     if snap.get_cf(cf, keys.meta(meta::INSTALLING))?.is_some() {
+        // Only a failed install leaves the marker behind, and it also stops the group.
         return Err(Error::Closed);
     }
     let last_log_id = match snap.get_cf(cf, keys.meta(meta::APPLIED))? {
@@ -712,7 +742,7 @@ pub(crate) fn build_snapshot(shared: &Shared) -> Result<(SnapshotMeta, PathBuf)>
         last_log_id,
         last_membership,
     };
-    let mut w = snapshot::SnapshotWriter::create(&shared.snapshot_dir, &meta)?;
+    let mut w = snapshot::SnapshotWriter::create(&shared.snapshot_dir, keys.group(), &meta)?;
     let (a, b) = (keys.group_start(), keys.group_end());
     let written = scan(db, cf, Some(&snap), (&a, &b), true, |k, v| {
         let key = keys
