@@ -31,6 +31,14 @@ pub type StoredMembership = openraft::type_config::alias::StoredMembershipOf<Typ
 /// Snapshot metadata.
 pub type SnapshotMeta = openraft::type_config::alias::SnapshotMetaOf<TypeConfig>;
 
+/// The log id of entry `index` proposed by leader `node_id` in `term`.
+pub fn log_id(term: u64, node_id: NodeId, index: u64) -> LogId {
+    LogId::new(
+        openraft::type_config::alias::CommittedLeaderIdOf::<TypeConfig> { term, node_id },
+        index,
+    )
+}
+
 /// Replicated settings of a data group. They live in the log (not in local config files)
 /// because apply depends on them and every replica must apply identically.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

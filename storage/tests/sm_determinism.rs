@@ -145,13 +145,7 @@ impl Model {
 }
 
 fn log_id(index: u64) -> LogId {
-    LogId::new(
-        openraft::type_config::alias::CommittedLeaderIdOf::<adclick_storage::types::TypeConfig> {
-            term: 2,
-            node_id: 7,
-        },
-        index,
-    )
+    adclick_storage::types::log_id(2, 7, index)
 }
 
 /// A random but plausible history: mostly ingest, with duplicates (same or different

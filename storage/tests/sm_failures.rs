@@ -22,13 +22,7 @@ const T0: i64 = 1_720_483_200_000;
 const GROUP: u64 = 3;
 
 fn log_id(index: u64) -> LogId {
-    LogId::new(
-        openraft::type_config::alias::CommittedLeaderIdOf::<adclick_storage::types::TypeConfig> {
-            term: 1,
-            node_id: 1,
-        },
-        index,
-    )
+    adclick_storage::types::log_id(1, 1, index)
 }
 
 fn click(id: &str, ad: &str, t: i64) -> Click {

@@ -16,12 +16,11 @@ use adclick_proto::model::{AdId, Minute, MinuteRange, Outcome, Tally};
 use adclick_storage::log::{LogConfig, LogStore};
 use adclick_storage::sm::{SmReader, StateMachine};
 use adclick_storage::types::{
-    Command, CommandResponse, Entry, FilterDef, GroupSettings, IngestBatch, LogId, TypeConfig,
+    log_id, Command, CommandResponse, Entry, FilterDef, GroupSettings, IngestBatch, TypeConfig,
 };
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use openraft::storage::{IOFlushed, RaftLogStorage};
-use openraft::type_config::alias::CommittedLeaderIdOf;
 use openraft::type_config::TypeConfigExt;
 use openraft::EntryPayload;
 
@@ -313,7 +312,7 @@ impl Replica {
             .into_iter()
             .map(|c| {
                 let e = Entry {
-                    log_id: log_id(self.next_index),
+                    log_id: log_id(1, 1, self.next_index),
                     payload: EntryPayload::Normal(c),
                 };
                 self.next_index += 1;
@@ -342,14 +341,4 @@ impl Replica {
         self.sm.apply_entries(entries)?;
         Ok(n)
     }
-}
-
-fn log_id(index: u64) -> LogId {
-    LogId::new(
-        CommittedLeaderIdOf::<TypeConfig> {
-            term: 1,
-            node_id: 1,
-        },
-        index,
-    )
 }
