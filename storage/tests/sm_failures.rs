@@ -2,39 +2,22 @@
 //! mid-apply, a peer sends a well-formed snapshot of nonsense or of another group, a
 //! snapshot file lives in someone else's directory, and a snapshot build races an install.
 
+mod common;
+
+use common::{all_time, click, log_id, GROUP, MIN, T0};
 use std::collections::BTreeMap;
 use std::io;
-use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use adclick_proto::model::{AdId, Click, EventId, Minute, MinuteRange};
+use adclick_proto::model::{AdId, Click, Minute};
 use adclick_storage::sm::format::{self, meta, tag};
 use adclick_storage::sm::snapshot::{SnapshotReader, SnapshotWriter};
 use adclick_storage::sm::{open_db, IncomingSnapshot, SmOptions, SnapshotFile, StateMachine};
-use adclick_storage::types::{Command, Entry, FilterDef, IngestBatch, LogId, SnapshotMeta};
+use adclick_storage::types::{Command, Entry, FilterDef, IngestBatch, SnapshotMeta};
 use openraft::storage::RaftStateMachine;
 use openraft::EntryPayload;
-
-const MIN: i64 = 60_000;
-const T0: i64 = 1_720_483_200_000;
-const GROUP: u64 = 3;
-
-fn log_id(index: u64) -> LogId {
-    adclick_storage::types::log_id(1, 1, index)
-}
-
-fn click(id: &str, ad: &str, t: i64) -> Click {
-    Click {
-        event_id: EventId::new(id.as_bytes().to_vec()).expect("valid event id"),
-        ad_id: AdId::new(ad).expect("valid ad id"),
-        event_time_ms: t,
-        user_id: "user-1".into(),
-        ip: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)),
-        country: "US".into(),
-    }
-}
 
 fn ingest(index: u64, at: i64, clicks: Vec<Click>) -> Entry {
     Entry {
@@ -44,10 +27,6 @@ fn ingest(index: u64, at: i64, clicks: Vec<Click>) -> Entry {
             clicks,
         })),
     }
-}
-
-fn all_time() -> MinuteRange {
-    MinuteRange::new(Minute(0), Minute(i64::MAX / MIN)).expect("valid range")
 }
 
 fn open(dir: &Path, group: u64, opts: SmOptions) -> StateMachine {

@@ -2,41 +2,23 @@
 //! watermark and dedup expiry, filters, queries (memory and disk minutes), reopen,
 //! snapshots (build, install, corruption) and the openraft trait surface.
 
+mod common;
+
+use common::{all_time, click, log_id, GROUP, MIN, T0};
 use std::io;
-use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
 
-use adclick_proto::model::{AdId, Click, EventId, Minute, MinuteRange, Outcome, RejectReason};
+use adclick_proto::model::{AdId, Click, Minute, MinuteRange, Outcome, RejectReason};
 use adclick_storage::sm::format::{meta, Keys};
 use adclick_storage::sm::{
     open_db, IncomingSnapshot, SmOptions, SnapshotFile, StateMachine, MAX_TOP_N,
 };
 use adclick_storage::types::{
-    Command, CommandResponse, Entry, FilterDef, GroupSettings, IngestBatch, LogId, StoredMembership,
+    Command, CommandResponse, Entry, FilterDef, GroupSettings, IngestBatch, StoredMembership,
 };
 use adclick_storage::Error;
 use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{EntryPayload, Membership};
-
-const MIN: i64 = 60_000;
-/// A fixed "now": 2024-07-09T00:00Z.
-const T0: i64 = 1_720_483_200_000;
-const GROUP: u64 = 3;
-
-fn log_id(index: u64) -> LogId {
-    adclick_storage::types::log_id(1, 1, index)
-}
-
-fn click(id: &str, ad: &str, t: i64) -> Click {
-    Click {
-        event_id: EventId::new(id.as_bytes().to_vec()).expect("valid event id"),
-        ad_id: AdId::new(ad).expect("valid ad id"),
-        event_time_ms: t,
-        user_id: "user-1".into(),
-        ip: IpAddr::V4(Ipv4Addr::new(207, 148, 22, 22)),
-        country: "US".into(),
-    }
-}
 
 fn in_country(mut c: Click, country: &str) -> Click {
     c.country = country.into();
@@ -45,10 +27,6 @@ fn in_country(mut c: Click, country: &str) -> Click {
 
 fn minutes(from: i64, to: i64) -> MinuteRange {
     MinuteRange::new(Minute::of_ms(from), Minute::of_ms(to)).expect("valid range")
-}
-
-fn all_time() -> MinuteRange {
-    MinuteRange::new(Minute(0), Minute(i64::MAX / MIN)).expect("valid range")
 }
 
 fn ad(s: &str) -> AdId {
