@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use adclick_proto::model::{AdId, Click, EventId, Minute, MinuteRange};
 use adclick_storage::sm::{open_db, SmOptions, StateMachine};
-use adclick_storage::types::{Command, Entry, IngestBatch, LogId};
+use adclick_storage::types::{Command, Entry, IngestBatch};
 use openraft::EntryPayload;
 
 const T0: i64 = 1_720_483_200_000;
@@ -183,15 +183,7 @@ fn ingest_and_query_under_zipf_load() {
                 })
                 .collect();
             batch.push(Entry {
-                log_id: LogId::new(
-                    openraft::type_config::alias::CommittedLeaderIdOf::<
-                        adclick_storage::types::TypeConfig,
-                    > {
-                        term: 1,
-                        node_id: 1,
-                    },
-                    index,
-                ),
+                log_id: adclick_storage::types::log_id(1, 1, index),
                 payload: EntryPayload::Normal(Command::Ingest(IngestBatch {
                     proposed_at_ms: at,
                     clicks,

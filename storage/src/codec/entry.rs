@@ -18,11 +18,10 @@ use adclick_proto::model::{
     AdId, Click, EventId, MAX_AD_ID_LEN, MAX_COUNTRY_LEN, MAX_EVENT_ID_LEN, MAX_USER_ID_LEN,
 };
 use bytes::Bytes;
-use openraft::impls::leader_id_adv::LeaderId;
 use openraft::{BasicNode, EntryPayload, Membership};
 
 use super::wire::{put_bytes, put_ivarint, put_uvarint, DecodeError, Reader, MAX_VARINT_LEN};
-use crate::types::{Command, Entry, FilterDef, GroupSettings, IngestBatch, LogId};
+use crate::types::{log_id, Command, Entry, FilterDef, GroupSettings, IngestBatch, LogId};
 
 /// Version byte that opens every encoded entry. Bump it (and keep decoding the old one)
 /// whenever the layout below changes.
@@ -123,7 +122,7 @@ fn read_log_id(r: &mut Reader<'_>) -> Result<LogId, DecodeError> {
     let term = r.uvarint("term")?;
     let node_id = r.uvarint("leader node id")?;
     let index = r.uvarint("index")?;
-    Ok(LogId::new(LeaderId { term, node_id }, index))
+    Ok(log_id(term, node_id, index))
 }
 
 /// Appends the encoding of a command (kind tag, then its fields) to `buf`.

@@ -5,16 +5,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use adclick_proto::model::{AdId, Click, EventId};
-use openraft::impls::leader_id_adv::LeaderId;
 use openraft::{BasicNode, EntryPayload, Membership};
 use proptest::prelude::*;
 
 use super::*;
-use crate::types::{Command, Entry, FilterDef, GroupSettings, IngestBatch, LogId};
-
-fn log_id(term: u64, node_id: u64, index: u64) -> LogId {
-    LogId::new(LeaderId { term, node_id }, index)
-}
+use crate::types::{log_id, Command, Entry, FilterDef, GroupSettings, IngestBatch};
 
 fn click(id: &str, ad: &str, t: i64) -> Click {
     Click {

@@ -21,7 +21,7 @@
 
 use openraft::impls::leader_id_adv::LeaderId;
 
-use crate::types::{LogId, Vote};
+use crate::types::{log_id, LogId, Vote};
 
 /// Magic bytes opening every segment file.
 pub const SEGMENT_MAGIC: [u8; 8] = *b"ADCKSEG\0";
@@ -343,13 +343,7 @@ fn get_opt_log_id(b: &[u8]) -> Result<Option<LogId>, String> {
             "log id index {}, past the largest index {MAX_INDEX}",
             u64_at(b, 17)
         )),
-        1 => Ok(Some(LogId::new(
-            LeaderId {
-                term: u64_at(b, 1),
-                node_id: u64_at(b, 9),
-            },
-            u64_at(b, 17),
-        ))),
+        1 => Ok(Some(log_id(u64_at(b, 1), u64_at(b, 9), u64_at(b, 17)))),
         _ => Err("bad optional log id".into()),
     }
 }

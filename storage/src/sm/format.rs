@@ -486,13 +486,7 @@ fn get_log_id(r: &mut Reader<'_>) -> DecodeResult<LogId> {
     let term = r.u64()?;
     let node_id = r.u64()?;
     let index = r.u64()?;
-    Ok(LogId::new(
-        openraft::type_config::alias::CommittedLeaderIdOf::<crate::types::TypeConfig> {
-            term,
-            node_id,
-        },
-        index,
-    ))
+    Ok(crate::types::log_id(term, node_id, index))
 }
 
 /// The applied log id: `version ‖ term ‖ node ‖ index`.
@@ -705,13 +699,7 @@ mod tests {
 
     #[test]
     fn structured_values_round_trip() {
-        let id = LogId::new(
-            openraft::type_config::alias::CommittedLeaderIdOf::<crate::types::TypeConfig> {
-                term: 3,
-                node_id: 9,
-            },
-            42,
-        );
+        let id = crate::types::log_id(3, 9, 42);
         assert_eq!(decode_log_id(&encode_log_id(&id)), Ok(id));
         let mut nodes = BTreeMap::new();
         nodes.insert(1u64, BasicNode { addr: "a:1".into() });

@@ -25,7 +25,7 @@ use crate::types::{Command, Entry, IngestBatch, LogId, TypeConfig, Vote};
 
 /// Log id with leader node 1.
 fn id(term: u64, index: u64) -> LogId {
-    LogId::new(LeaderId { term, node_id: 1 }, index)
+    crate::types::log_id(term, 1, index)
 }
 
 fn vote(term: u64) -> Vote {
