@@ -6,7 +6,7 @@
 //! storage engine (which disables it) compiles no network code. The encoded descriptor set
 //! is written next to the generated code for gRPC reflection (`grpcurl`).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// The directory the `.proto` files are imported from (import paths start below it).
 const PROTO_ROOT: &str = "proto";
@@ -31,12 +31,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let grpc = std::env::var_os("CARGO_FEATURE_GRPC").is_some();
 
     println!("cargo:rerun-if-changed={PROTO_ROOT}");
-    for file in PROTO_FILES {
-        println!(
-            "cargo:rerun-if-changed={}",
-            Path::new(PROTO_ROOT).join(file).display()
-        );
-    }
 
     let mut compiler = protox::Compiler::new([PROTO_ROOT])?;
     // Source info carries the .proto comments: prost turns them into doc comments and

@@ -65,6 +65,44 @@ pub enum InvalidInput {
     },
 }
 
+impl InvalidInput {
+    /// The name of the field the error is about, as on the wire.
+    pub fn field(&self) -> &'static str {
+        match self {
+            InvalidInput::Missing { field }
+            | InvalidInput::TooLong { field, .. }
+            | InvalidInput::BadChar { field, .. }
+            | InvalidInput::Malformed { field, .. } => field,
+        }
+    }
+
+    /// The same error, naming `field` (e.g. the wire field) instead of the one it had.
+    pub fn with_field(self, field: &'static str) -> Self {
+        match self {
+            InvalidInput::Missing { .. } => InvalidInput::Missing { field },
+            InvalidInput::TooLong { len, max, .. } => InvalidInput::TooLong { field, len, max },
+            InvalidInput::BadChar { found, .. } => InvalidInput::BadChar { field, found },
+            InvalidInput::Malformed { reason, .. } => InvalidInput::Malformed { field, reason },
+        }
+    }
+}
+
+/// `TooLong` if `len` (bytes) exceeds `max`.
+pub(crate) fn check_max(field: &'static str, len: usize, max: usize) -> Result<(), InvalidInput> {
+    if len > max {
+        return Err(InvalidInput::TooLong { field, len, max });
+    }
+    Ok(())
+}
+
+/// A required field of at most `max` bytes: `Missing` if `len` is 0, else as [`check_max`].
+pub(crate) fn check_len(field: &'static str, len: usize, max: usize) -> Result<(), InvalidInput> {
+    if len == 0 {
+        return Err(InvalidInput::Missing { field });
+    }
+    check_max(field, len, max)
+}
+
 /// Identifier of one click, unique per click: 1 to 64 arbitrary bytes. Clients generate a
 /// UUIDv7 by default; the seed format derives one from the file and line offset. Retries
 /// reuse it, which is what makes them safe.
@@ -75,16 +113,7 @@ impl EventId {
     /// Validates and wraps an event id.
     pub fn new(bytes: impl Into<Bytes>) -> Result<Self, InvalidInput> {
         let bytes = bytes.into();
-        if bytes.is_empty() {
-            return Err(InvalidInput::Missing { field: "event_id" });
-        }
-        if bytes.len() > MAX_EVENT_ID_LEN {
-            return Err(InvalidInput::TooLong {
-                field: "event_id",
-                len: bytes.len(),
-                max: MAX_EVENT_ID_LEN,
-            });
-        }
+        check_len("event_id", bytes.len(), MAX_EVENT_ID_LEN)?;
         Ok(Self(bytes))
     }
 
@@ -133,16 +162,7 @@ impl AdId {
 
     /// Validates and wraps an ad id given as bytes (as stored).
     pub fn from_bytes(bytes: Bytes) -> Result<Self, InvalidInput> {
-        if bytes.is_empty() {
-            return Err(InvalidInput::Missing { field: "ad_id" });
-        }
-        if bytes.len() > MAX_AD_ID_LEN {
-            return Err(InvalidInput::TooLong {
-                field: "ad_id",
-                len: bytes.len(),
-                max: MAX_AD_ID_LEN,
-            });
-        }
+        check_len("ad_id", bytes.len(), MAX_AD_ID_LEN)?;
         if let Some(&b) = bytes.iter().find(|&&b| !is_ad_id_byte(b)) {
             return Err(InvalidInput::BadChar {
                 field: "ad_id",
@@ -166,6 +186,15 @@ impl AdId {
     /// The shard key: `xxh3_64(ad_id)`. One ad always lands in one Raft group.
     pub fn shard_key(&self) -> u64 {
         xxhash_rust::xxh3::xxh3_64(&self.0)
+    }
+}
+
+impl TryFrom<String> for AdId {
+    type Error = InvalidInput;
+
+    /// Validates and wraps an owned ad id; `String` -> `Bytes` reuses the allocation.
+    fn try_from(s: String) -> Result<Self, InvalidInput> {
+        Self::from_bytes(Bytes::from(s.into_bytes()))
     }
 }
 
@@ -284,21 +313,8 @@ pub struct Click {
 impl Click {
     /// Checks the free-text fields' limits; ids and the address are checked by their types.
     pub fn validate(&self) -> Result<(), InvalidInput> {
-        if self.user_id.len() > MAX_USER_ID_LEN {
-            return Err(InvalidInput::TooLong {
-                field: "user_id",
-                len: self.user_id.len(),
-                max: MAX_USER_ID_LEN,
-            });
-        }
-        if self.country.len() > MAX_COUNTRY_LEN {
-            return Err(InvalidInput::TooLong {
-                field: "country",
-                len: self.country.len(),
-                max: MAX_COUNTRY_LEN,
-            });
-        }
-        Ok(())
+        check_max("user_id", self.user_id.len(), MAX_USER_ID_LEN)?;
+        check_max("country", self.country.len(), MAX_COUNTRY_LEN)
     }
 
     /// The minute this click counts in.

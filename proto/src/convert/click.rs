@@ -16,10 +16,8 @@
 
 use std::net::IpAddr;
 
-use bytes::Bytes;
-
 use super::timestamp::{quoted, MAX_TIMESTAMP_MS};
-use crate::model::{AdId, Click, EventId, InvalidInput};
+use crate::model::{check_len, AdId, Click, EventId, InvalidInput};
 use crate::wire;
 
 /// Longest accepted `ip` text: a full IPv6 address with an IPv4 tail
@@ -32,7 +30,7 @@ impl TryFrom<wire::Click> for Click {
     fn try_from(w: wire::Click) -> Result<Self, InvalidInput> {
         let event_id = EventId::new(w.event_id)?;
         // `String` -> `Bytes` reuses the allocation: no copy of the id.
-        let ad_id = AdId::from_bytes(Bytes::from(w.ad_id.into_bytes()))?;
+        let ad_id = AdId::try_from(w.ad_id)?;
         let event_time_ms = check_event_time(w.event_time_ms)?;
         let click = Click {
             event_id,
@@ -57,14 +55,7 @@ impl TryFrom<&wire::Click> for Click {
 
 impl From<&Click> for wire::Click {
     fn from(c: &Click) -> Self {
-        wire::Click {
-            event_id: c.event_id.to_bytes(),
-            ad_id: c.ad_id.as_str().to_owned(),
-            event_time_ms: c.event_time_ms,
-            user_id: c.user_id.clone(),
-            ip: c.ip.to_string(),
-            country: c.country.clone(),
-        }
+        wire::Click::from(c.clone())
     }
 }
 
@@ -99,16 +90,7 @@ fn check_event_time(ms: i64) -> Result<i64, InvalidInput> {
 
 fn parse_ip(text: &str) -> Result<IpAddr, InvalidInput> {
     const FIELD: &str = "ip";
-    if text.is_empty() {
-        return Err(InvalidInput::Missing { field: FIELD });
-    }
-    if text.len() > MAX_IP_TEXT_LEN {
-        return Err(InvalidInput::TooLong {
-            field: FIELD,
-            len: text.len(),
-            max: MAX_IP_TEXT_LEN,
-        });
-    }
+    check_len(FIELD, text.len(), MAX_IP_TEXT_LEN)?;
     text.parse::<IpAddr>()
         .map(|ip| ip.to_canonical())
         .map_err(|_| InvalidInput::Malformed {
@@ -120,6 +102,8 @@ fn parse_ip(text: &str) -> Result<IpAddr, InvalidInput> {
 #[cfg(test)]
 mod tests {
     use std::net::{Ipv4Addr, Ipv6Addr};
+
+    use bytes::Bytes;
 
     use super::*;
 

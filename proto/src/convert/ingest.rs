@@ -11,6 +11,9 @@
 use crate::model::{InvalidInput, Outcome, RejectReason, Tally};
 use crate::wire;
 
+/// The outcome of a click that failed validation.
+const INVALID: Outcome = Outcome::Rejected(RejectReason::Invalid);
+
 impl From<RejectReason> for wire::RejectReason {
     fn from(r: RejectReason) -> Self {
         match r {
@@ -66,9 +69,8 @@ impl From<&InvalidInput> for wire::EventResult {
     /// (which names the field) as the message.
     fn from(e: &InvalidInput) -> Self {
         wire::EventResult {
-            outcome: wire::Outcome::Rejected.into(),
-            reject_reason: wire::RejectReason::Invalid.into(),
             message: e.to_string(),
+            ..wire::EventResult::from(INVALID)
         }
     }
 }
@@ -132,7 +134,7 @@ where
                 wire::EventResult::from(outcome)
             }
             Err(e) => {
-                tally.add(Outcome::Rejected(RejectReason::Invalid));
+                tally.add(INVALID);
                 wire::EventResult::from(&e)
             }
         })

@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use proptest::prelude::*;
 
 use super::{parse_timestamp_ms, TimeSpec, MAX_LAST_MINUTES, MAX_TIMESTAMP_MS, MIN_TIMESTAMP_MS};
-use crate::model::{AdId, Click, EventId, InvalidInput};
+use crate::model::{AdId, Click, EventId};
 use crate::wire;
 
 /// Valid domain clicks: every field anywhere inside its limits.
@@ -60,15 +60,6 @@ fn any_wire_click() -> impl Strategy<Value = wire::Click> {
         )
 }
 
-fn field_of(e: &InvalidInput) -> &'static str {
-    match e {
-        InvalidInput::Missing { field }
-        | InvalidInput::TooLong { field, .. }
-        | InvalidInput::BadChar { field, .. }
-        | InvalidInput::Malformed { field, .. } => field,
-    }
-}
-
 proptest! {
     #[test]
     fn valid_domain_clicks_roundtrip(click in valid_click()) {
@@ -84,7 +75,7 @@ proptest! {
                 prop_assert_eq!(again, Ok(click));
             }
             Err(e) => {
-                let field = field_of(&e);
+                let field = e.field();
                 prop_assert!(
                     ["event_id", "ad_id", "event_time_ms", "user_id", "ip", "country"]
                         .contains(&field),

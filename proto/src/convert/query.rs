@@ -63,17 +63,7 @@ fn optional_filter(name: String) -> Result<Option<FilterName>, InvalidInput> {
     }
     FilterName::new(&name)
         .map(Some)
-        .map_err(|e| rename_field(e, "filter"))
-}
-
-/// The same error, naming `field` (the wire field) instead of the constructor's name.
-fn rename_field(e: InvalidInput, field: &'static str) -> InvalidInput {
-    match e {
-        InvalidInput::Missing { .. } => InvalidInput::Missing { field },
-        InvalidInput::TooLong { len, max, .. } => InvalidInput::TooLong { field, len, max },
-        InvalidInput::BadChar { found, .. } => InvalidInput::BadChar { field, found },
-        InvalidInput::Malformed { reason, .. } => InvalidInput::Malformed { field, reason },
-    }
+        .map_err(|e| e.with_field("filter"))
 }
 
 impl TryFrom<i32> for ReadConsistency {
@@ -107,7 +97,7 @@ impl TryFrom<wire::CountRequest> for CountQuery {
 
     fn try_from(w: wire::CountRequest) -> Result<Self, InvalidInput> {
         Ok(CountQuery {
-            ad_id: AdId::new(&w.ad_id)?,
+            ad_id: AdId::try_from(w.ad_id)?,
             range: TimeSpec::try_from(w.range)?,
             filter: optional_filter(w.filter)?,
             consistency: ReadConsistency::try_from(w.consistency)?,
@@ -181,7 +171,7 @@ impl TryFrom<wire::AdCount> for AdCount {
 
     fn try_from(w: wire::AdCount) -> Result<Self, InvalidInput> {
         Ok(AdCount {
-            ad_id: AdId::from_bytes(w.ad_id.into_bytes().into())?,
+            ad_id: AdId::try_from(w.ad_id)?,
             count: w.count,
         })
     }

@@ -5,7 +5,7 @@
 
 use std::fmt;
 
-use crate::model::InvalidInput;
+use crate::model::{check_len, InvalidInput};
 
 /// Longest accepted filter name, in bytes.
 pub const MAX_FILTER_NAME_LEN: usize = 64;
@@ -18,16 +18,7 @@ impl FilterName {
     /// Validates a name: 1 to 64 bytes, each one of `[A-Za-z0-9_.-]`.
     pub fn new(name: &str) -> Result<Self, InvalidInput> {
         const FIELD: &str = "filter_name";
-        if name.is_empty() {
-            return Err(InvalidInput::Missing { field: FIELD });
-        }
-        if name.len() > MAX_FILTER_NAME_LEN {
-            return Err(InvalidInput::TooLong {
-                field: FIELD,
-                len: name.len(),
-                max: MAX_FILTER_NAME_LEN,
-            });
-        }
+        check_len(FIELD, name.len(), MAX_FILTER_NAME_LEN)?;
         if let Some((i, c)) = name
             .char_indices()
             .find(|&(_, c)| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')))
