@@ -131,14 +131,8 @@ pub fn put_frame(buf: &mut Vec<u8>, record_type: u8, payload: &[u8]) {
         "record payload of {} bytes",
         payload.len()
     );
-    let start = buf.len();
-    buf.extend_from_slice(&[0; 4]);
-    // Checked by the assert above: MAX_PAYLOAD_LEN fits in a u32.
-    buf.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    buf.push(record_type);
-    buf.extend_from_slice(payload);
-    let crc = crc32fast::hash(&buf[start + 4..]);
-    buf[start..start + 4].copy_from_slice(&crc.to_le_bytes());
+    put_frame_with(buf, record_type, |b| b.extend_from_slice(payload))
+        .expect("payload length checked above");
 }
 
 /// Appends a framed record whose payload is produced by `write` into `buf` directly, so an

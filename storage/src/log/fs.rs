@@ -17,6 +17,9 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
 
+use super::format::TMP_SUFFIX;
+use crate::error::{Error, Result};
+
 /// How [`FileSystem::open`] opens a file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OpenMode {
@@ -183,4 +186,38 @@ impl FileSystem for StdFs {
             Err(TryLockError::Error(e)) => Err(e),
         }
     }
+}
+
+/// Fsyncs `dir` through `fs`, naming the directory on failure.
+pub(crate) fn sync_dir(fs: &dyn FileSystem, dir: &Path) -> Result<()> {
+    fs.sync_dir(dir)
+        .map_err(|e| Error::io(format!("syncing directory {}", dir.display()), e))
+}
+
+/// Creates file `name` in `dir` atomically with contents `bytes`: they go to a temporary
+/// file (a stale one is removed first), which is fsynced and renamed; the directory is
+/// fsynced. Returns the file, still open.
+pub(crate) fn create_atomically(
+    fs: &dyn FileSystem,
+    dir: &Path,
+    name: &str,
+    bytes: &[u8],
+) -> Result<Arc<dyn LogFile>> {
+    let path = dir.join(name);
+    let tmp = dir.join(format!("{name}{TMP_SUFFIX}"));
+    let ctx = |what: &str| format!("{what} {}", tmp.display());
+    if fs.exists(&tmp).map_err(|e| Error::io(ctx("checking"), e))? {
+        fs.remove_file(&tmp)
+            .map_err(|e| Error::io(ctx("removing stale"), e))?;
+    }
+    let file = fs
+        .open(&tmp, OpenMode::CreateNew)
+        .map_err(|e| Error::io(ctx("creating"), e))?;
+    file.write_all_at(bytes, 0)
+        .map_err(|e| Error::io(ctx("writing"), e))?;
+    file.sync_data().map_err(|e| Error::io(ctx("syncing"), e))?;
+    fs.rename(&tmp, &path)
+        .map_err(|e| Error::io(ctx("renaming"), e))?;
+    sync_dir(fs, dir)?;
+    Ok(file)
 }

@@ -6,8 +6,8 @@
 
 use std::path::Path;
 
-use super::format::{self, Meta, META_FILE, META_FILE_LEN, TMP_SUFFIX};
-use super::fs::{FileSystem, OpenMode};
+use super::format::{self, Meta, META_FILE, META_FILE_LEN};
+use super::fs::{create_atomically, FileSystem, OpenMode};
 use crate::error::{Error, Result};
 
 /// Reads the meta file of `dir`; a missing file is the empty meta of a new log.
@@ -39,22 +39,6 @@ pub(crate) fn read(fs: &dyn FileSystem, dir: &Path) -> Result<Meta> {
 
 /// Replaces the meta file of `dir` with `meta`, durably.
 pub(crate) fn write(fs: &dyn FileSystem, dir: &Path, meta: &Meta) -> Result<()> {
-    let path = dir.join(META_FILE);
-    let tmp = dir.join(format!("{META_FILE}{TMP_SUFFIX}"));
-    let ctx = |what: &str| format!("{what} {}", tmp.display());
-    if fs.exists(&tmp).map_err(|e| Error::io(ctx("checking"), e))? {
-        fs.remove_file(&tmp)
-            .map_err(|e| Error::io(ctx("removing stale"), e))?;
-    }
-    let file = fs
-        .open(&tmp, OpenMode::CreateNew)
-        .map_err(|e| Error::io(ctx("creating"), e))?;
-    file.write_all_at(&format::encode_meta(meta), 0)
-        .map_err(|e| Error::io(ctx("writing"), e))?;
-    file.sync_data().map_err(|e| Error::io(ctx("syncing"), e))?;
-    drop(file);
-    fs.rename(&tmp, &path)
-        .map_err(|e| Error::io(ctx("renaming"), e))?;
-    fs.sync_dir(dir)
-        .map_err(|e| Error::io(format!("syncing directory {}", dir.display()), e))
+    create_atomically(fs, dir, META_FILE, &format::encode_meta(meta))?;
+    Ok(())
 }

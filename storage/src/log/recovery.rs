@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use super::config::{LogConfig, RecoveryMode};
 use super::flusher::Flusher;
 use super::format::{self, TMP_SUFFIX};
-use super::fs::{FileLock, FileSystem, OpenMode};
+use super::fs::{sync_dir, FileLock, FileSystem, OpenMode};
 use super::meta;
 use super::retention::{self, Background};
 use super::segment::{self, ScanKind, Segment};
@@ -178,8 +178,7 @@ fn create_dir_durably(fs: &dyn FileSystem, dir: &Path) -> Result<()> {
         .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
     for d in created.iter().rev() {
         let Some(parent) = parent_of(d) else { continue };
-        fs.sync_dir(parent)
-            .map_err(|e| Error::io(format!("syncing directory {}", parent.display()), e))?;
+        sync_dir(fs, parent)?;
     }
     Ok(())
 }

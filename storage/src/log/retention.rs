@@ -20,10 +20,10 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use super::format::TMP_SUFFIX;
-use super::fs::{FileSystem, OpenMode};
+use super::fs::{sync_dir, FileSystem, OpenMode};
 use super::store::Shared;
 use crate::error::{Error, Result};
 
@@ -128,10 +128,7 @@ impl Shared {
         if policy.max_age.is_none() && policy.max_bytes.is_none() {
             return Ok(RetentionOutcome::default());
         }
-        let now_ms = now
-            .duration_since(UNIX_EPOCH)
-            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-            .unwrap_or(0);
+        let now_ms = super::store::epoch_ms(now);
         let _pass = self
             .retention_lock
             .lock()
@@ -228,8 +225,7 @@ impl Shared {
         let fs = self.fs.as_ref();
         let dirs = self.config.archive_dir.iter().chain([&self.config.dir]);
         for d in dirs {
-            fs.sync_dir(d)
-                .map_err(|e| Error::io(format!("syncing directory {}", d.display()), e))?;
+            sync_dir(fs, d)?;
         }
         Ok(())
     }

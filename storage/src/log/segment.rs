@@ -26,7 +26,7 @@ use super::format::{
     self, FrameHeader, Seal, FRAME_HEADER_LEN, RECORD_COMMITTED, RECORD_ENTRY, RECORD_SEAL,
     SEAL_RECORD_LEN, SEGMENT_HEADER_LEN,
 };
-use super::fs::{FileSystem, LogFile, OpenMode};
+use super::fs::{create_atomically, FileSystem, LogFile};
 use crate::codec;
 use crate::error::{Error, Result};
 use crate::types::LogId;
@@ -68,9 +68,7 @@ impl Segment {
 
     /// Log id of the entry at `index`, for a live segment holding it.
     pub fn log_id(&self, index: u64) -> Option<LogId> {
-        let i = usize::try_from(index.checked_sub(self.first_index)?).ok()?;
-        let loc = self.locs.as_ref()?.get(i)?;
-        Some(LogId::new(loc.leader, index))
+        self.loc(index).map(|loc| LogId::new(loc.leader, index))
     }
 
     /// Location of the entry at `index`, for a live segment holding it.
@@ -89,13 +87,7 @@ pub(crate) fn create(
     first_index: u64,
     committed: Option<&LogId>,
 ) -> Result<Segment> {
-    let path = dir.join(format::segment_file_name(first_index));
-    let tmp = dir.join(format!(
-        "{}{}",
-        format::segment_file_name(first_index),
-        format::TMP_SUFFIX
-    ));
-    let ctx = |what: &str| format!("{what} {}", tmp.display());
+    let name = format::segment_file_name(first_index);
     let mut buf =
         Vec::with_capacity(SEGMENT_HEADER_LEN + FRAME_HEADER_LEN + format::COMMITTED_PAYLOAD_LEN);
     buf.extend_from_slice(&format::encode_segment_header(first_index));
@@ -104,22 +96,9 @@ pub(crate) fn create(
         RECORD_COMMITTED,
         &format::encode_committed(committed),
     );
-    if fs.exists(&tmp).map_err(|e| Error::io(ctx("checking"), e))? {
-        fs.remove_file(&tmp)
-            .map_err(|e| Error::io(ctx("removing stale"), e))?;
-    }
-    let file = fs
-        .open(&tmp, OpenMode::CreateNew)
-        .map_err(|e| Error::io(ctx("creating"), e))?;
-    file.write_all_at(&buf, 0)
-        .map_err(|e| Error::io(ctx("writing"), e))?;
-    file.sync_data().map_err(|e| Error::io(ctx("syncing"), e))?;
-    fs.rename(&tmp, &path)
-        .map_err(|e| Error::io(ctx("renaming"), e))?;
-    fs.sync_dir(dir)
-        .map_err(|e| Error::io(format!("syncing directory {}", dir.display()), e))?;
+    let file = create_atomically(fs, dir, &name, &buf)?;
     Ok(Segment {
-        path,
+        path: dir.join(name),
         first_index,
         entries: 0,
         len: buf.len() as u64,

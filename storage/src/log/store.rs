@@ -135,8 +135,12 @@ struct Span {
 
 /// Milliseconds since the epoch (0 before it).
 pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
+    epoch_ms(SystemTime::now())
+}
+
+/// Milliseconds from the epoch to `t` (0 before it, `u64::MAX` past what fits).
+pub(crate) fn epoch_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
         .unwrap_or(0)
 }
@@ -240,7 +244,8 @@ impl Shared {
 
         let mut inner = self.write()?;
         self.check()?;
-        match inner.last_live() {
+        let last_live = inner.last_live();
+        match last_live {
             Some(last) if first != last.index + 1 => {
                 return Err(Error::InvalidArgument(format!(
                     "append at index {first} does not continue the log ending at {last}"
@@ -257,7 +262,7 @@ impl Shared {
             _ => {}
         }
         // Raft log ids never go back to an older leader; recovery relies on it.
-        let mut prev = inner.last_live().map(|l| l.leader_id);
+        let mut prev = last_live.map(|l| l.leader_id);
         for e in entries {
             if prev.is_some_and(|p| e.log_id.leader_id < p) {
                 return Err(Error::InvalidArgument(format!(
