@@ -45,7 +45,8 @@ impl DedupIndex {
         self.is_live(m).then_some(m)
     }
 
-    fn is_live(&self, m: Minute) -> bool {
+    /// Whether ids of minute `m` are still kept (the minute is at or above the floor).
+    pub(crate) fn is_live(&self, m: Minute) -> bool {
         self.floor.is_none_or(|f| m >= f)
     }
 

@@ -176,11 +176,7 @@ impl Keys {
 
     /// Counters of every ad in minutes `[from, to)` over all clicks.
     pub fn count_range(&self, from: Minute, to: Minute) -> (Vec<u8>, Vec<u8>) {
-        let mut a = self.with_tag(tag::COUNT, 8);
-        a.extend_from_slice(&minute_bytes(from));
-        let mut b = self.with_tag(tag::COUNT, 8);
-        b.extend_from_slice(&minute_bytes(to));
-        (a, b)
+        (self.count(from, &[]), self.count(to, &[]))
     }
 
     /// Counter of `(ad, minute)` restricted to filter `id`.
@@ -194,12 +190,10 @@ impl Keys {
 
     /// Counters of filter `id` over minutes `[from, to)`.
     pub fn filter_count_range(&self, id: u64, from: Minute, to: Minute) -> (Vec<u8>, Vec<u8>) {
-        let mut a = self.with_tag(tag::FILTER_COUNT, 16);
-        a.extend_from_slice(&id.to_be_bytes());
-        let mut b = a.clone();
-        a.extend_from_slice(&minute_bytes(from));
-        b.extend_from_slice(&minute_bytes(to));
-        (a, b)
+        (
+            self.filter_count(id, from, &[]),
+            self.filter_count(id, to, &[]),
+        )
     }
 
     /// Every counter of filter `id`.
@@ -241,9 +235,7 @@ impl Keys {
 
     /// Every dedup entry of a minute older than `floor`.
     pub fn dedup_below(&self, floor: Minute) -> (Vec<u8>, Vec<u8>) {
-        let mut b = self.with_tag(tag::DEDUP, 8);
-        b.extend_from_slice(&minute_bytes(floor));
-        (self.with_tag(tag::DEDUP, 0), b)
+        (self.with_tag(tag::DEDUP, 0), self.dedup(floor, &[]))
     }
 
     /// Every dedup entry.

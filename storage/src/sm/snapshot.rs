@@ -22,6 +22,7 @@ use std::path::{Path, PathBuf};
 
 use super::format::{self, Malformed, Reader};
 use crate::error::{Error, Result};
+use crate::log::FileSystem;
 use crate::types::SnapshotMeta;
 
 /// First bytes of every snapshot file.
@@ -195,8 +196,8 @@ pub fn remove_partials(dir: &Path) -> Result<()> {
 
 /// Makes a rename or removal in `dir` durable.
 pub fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
+    crate::log::StdFs
+        .sync_dir(dir)
         .map_err(|e| Error::io(format!("fsync {}", dir.display()), e))
 }
 

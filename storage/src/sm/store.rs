@@ -272,7 +272,7 @@ impl StateMachine {
         let mut out = Vec::new();
         for entry in entries {
             out.push(self.stage(&entry, &mut pending)?);
-            if pending.clicks >= self.opts.max_pending_clicks {
+            if self.should_commit(&pending) {
                 self.commit(std::mem::take(&mut pending))?;
             }
         }
@@ -425,7 +425,11 @@ impl StateMachine {
                 }
             }
             live.applied = st.applied;
-            live.membership = st.membership.clone();
+            // Membership only changes through `set_membership`, which flags the pending
+            // batch; cloning it (a map of node addresses) on every commit is waste.
+            if p.membership_changed {
+                live.membership = st.membership.clone();
+            }
             live.settings = st.settings;
             live.clock = st.clock;
             live.late_overlay = Some(late);
@@ -527,7 +531,7 @@ impl StateMachine {
         scan(db, cf, None, (&a, &b), true, |k, _| {
             let (minute, id) = format::parse_dedup_key(&keys, k).map_err(bad)?;
             // Expired ids are range-deleted with the floor; skip any that survived.
-            if st.clock.is_none_or(|c| minute >= c.floor()) && st.dedup.lookup(id).is_none() {
+            if st.dedup.is_live(minute) && st.dedup.lookup(id).is_none() {
                 st.dedup.insert(id, minute);
             }
             Ok(true)
