@@ -4,7 +4,7 @@
 //! Figures, the machine they were measured on and how to read them: `docs/performance.md`.
 //!
 //! ```text
-//! cargo bench -p adclick-bench --bench storage            # everything, about 2.5 minutes
+//! cargo bench -p adclick-bench --bench storage            # everything, about 2 min 15 s
 //! cargo bench -p adclick-bench --bench storage -- log/    # one group (a regex filter)
 //! ```
 //!

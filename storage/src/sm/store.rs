@@ -40,10 +40,11 @@ pub struct SmOptions {
     /// queries that reach a little past the open minutes stay in memory.
     pub keep_final_minutes: u32,
     /// Commit (write a batch and answer proposers) once this many clicks are pending.
-    /// A commit holds the view's write lock for ~0.7 µs per click, so this bounds how
-    /// long a query can wait: at 1000, `count` p99 stayed under 2 ms with 50k clicks/s
-    /// of ingest (`storage/tests/sm_perf.rs`); 4096 raised apply throughput ~20% and
-    /// `count` p99 to ~5 ms.
+    /// A commit holds the view's write lock for time proportional to its clicks, so this
+    /// bounds how long a query can wait: at 1000, `count` p99 stayed under 2 ms with 50k
+    /// clicks/s of ingest; 4096 raised apply throughput ~20% and `count` p99 to ~5 ms
+    /// (`SM_PERF_RATE=50000 [SM_PERF_COMMIT=4096] CARGO_PROFILE_DEV_OPT_LEVEL=3 cargo test
+    /// -p adclick-storage --test sm_perf -- --ignored --nocapture`).
     pub max_pending_clicks: usize,
     /// Records per WriteBatch when installing a snapshot.
     pub install_batch_records: usize,
@@ -171,7 +172,8 @@ where
     Ok(())
 }
 
-/// Interned ads released per commit (see `Counters::release_some`): ~1 ms of lock time.
+/// Interned ads released per commit (see `Counters::release_some`), bounding the lock
+/// time one commit spends on releases.
 const RELEASE_PER_COMMIT: usize = 20_000;
 
 fn write_options() -> WriteOptions {

@@ -42,7 +42,7 @@ fn blank(term: u64, index: u64) -> Entry {
     }
 }
 
-/// An ingest entry of `clicks` clicks (about 70 bytes each once encoded).
+/// An ingest entry of `clicks` small clicks.
 fn ingest(term: u64, index: u64, clicks: usize) -> Entry {
     let proposed_at_ms = 1_720_483_200_000 + index as i64;
     let clicks = (0..clicks)
