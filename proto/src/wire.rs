@@ -59,6 +59,12 @@ pub mod metadata {
     /// reach (decimal). A node with another id refuses the call, so traffic for a node
     /// never reaches another that reuses its address.
     pub const TARGET_NODE: &str = "x-adclick-target-node";
+
+    /// Request metadata set by a node that forwards a client's request to the leader of a
+    /// group (value `"{node_id}"` of the forwarding node). A node receiving a forwarded
+    /// request that it cannot serve itself answers `UNAVAILABLE` with a leader hint
+    /// instead of forwarding again, so forwarding never loops during an election.
+    pub const FORWARDED_BY: &str = "x-adclick-forwarded-by";
 }
 
 /// The tonic client and server stubs of the four services (feature `grpc`). The same items

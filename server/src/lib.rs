@@ -1,7 +1,18 @@
 //! adclick's server: the Raft groups of one node (openraft over gRPC), the ingest, query
 //! and admin services (gRPC and HTTP), and the `adclickd` binary.
 //!
-//! The storage engine it stands on is `adclick-storage`; the wire protocol is
-//! `adclick-proto`. The services themselves are built by the "replicated cluster server"
-//! issue; until then this crate only fixes its place in the dependency graph
-//! (server -> storage, proto).
+//! A node hosts every group of the cluster: the metadata group 0 (filter registry) and the
+//! data groups 1..=G, each a Raft group of all members with its own segmented log and its
+//! state machine in the node's one RocksDB. [`server::run`] starts a node and serves it
+//! until shutdown; `docs/architecture.md` describes the whole design.
+
+pub mod config;
+pub mod error;
+pub mod group;
+pub mod http;
+pub mod metrics;
+pub mod node;
+pub mod raft;
+pub mod rawfetch;
+pub mod server;
+pub mod service;

@@ -1,0 +1,382 @@
+//! `adclickd` configuration: command-line flags, an optional TOML file with the same keys
+//! (flags win), defaults, and validation.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use clap::Parser;
+use serde::Deserialize;
+
+/// Default number of data groups.
+pub const DEFAULT_GROUPS: u64 = 4;
+/// Most data groups a cluster may have (the metadata group comes on top).
+pub const MAX_GROUPS: u64 = 256;
+
+/// The node's settings, fully resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// This node's Raft id; must be a key of `peers`.
+    pub node_id: u64,
+    /// Where the node keeps its state (`db/`, `groups/<g>/log`, `groups/<g>/snapshots`).
+    pub data_dir: PathBuf,
+    /// gRPC listen address (clients and Raft peers).
+    pub listen: SocketAddr,
+    /// HTTP listen address (JSON API, /healthz, /metrics).
+    pub http: SocketAddr,
+    /// Every initial member: node id → the gRPC address the others dial.
+    pub peers: BTreeMap<u64, String>,
+    /// Data groups (the metadata group 0 comes on top).
+    pub groups: u64,
+    /// Raft heartbeat interval, ms.
+    pub raft_heartbeat_ms: u64,
+    /// Minimum election timeout, ms (the maximum is twice this).
+    pub raft_election_timeout_ms: u64,
+    /// Build a snapshot after this many log entries.
+    pub snapshot_logs: u64,
+    /// Log entries kept behind a snapshot so slow followers can catch up without one.
+    pub snapshot_keep_logs: u64,
+    /// Log segment size, bytes.
+    pub log_segment_bytes: u64,
+    /// Clicks the node accepts in flight from clients before it answers
+    /// RESOURCE_EXHAUSTED.
+    pub max_inflight_clicks: usize,
+    /// Most clicks in one ingest request.
+    pub max_batch_clicks: usize,
+    /// How long a client request may wait for Raft (leader election, commit, apply), ms.
+    pub request_timeout_ms: u64,
+}
+
+/// Command-line flags of `adclickd`. Each may also be set in the `--config` file under the
+/// same name with `_` for `-` (e.g. `node_id = 1`); a flag given on the command line wins.
+#[derive(Debug, Clone, Default, Parser)]
+#[command(name = "adclickd", version, about = "adclick server node")]
+pub struct Flags {
+    /// TOML file with any of the settings below.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// This node's id (a key of --peers).
+    #[arg(long, value_name = "N")]
+    pub node_id: Option<u64>,
+    /// Directory for the node's data (created if missing).
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// gRPC address to listen on, for clients and Raft peers.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub listen: Option<SocketAddr>,
+    /// HTTP address to listen on (JSON API, /healthz, /metrics).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub http: Option<SocketAddr>,
+    /// All initial members, this node included: `1=HOST:PORT,2=HOST:PORT,3=HOST:PORT`.
+    #[arg(long, value_name = "ID=HOST:PORT,...")]
+    pub peers: Option<String>,
+    /// Number of data groups [default: 4].
+    #[arg(long, value_name = "G")]
+    pub groups: Option<u64>,
+    /// Raft heartbeat interval in ms [default: 100].
+    #[arg(long, value_name = "MS")]
+    pub raft_heartbeat_ms: Option<u64>,
+    /// Minimum Raft election timeout in ms; the maximum is twice this [default: 1000].
+    #[arg(long, value_name = "MS")]
+    pub raft_election_timeout_ms: Option<u64>,
+    /// Build a state-machine snapshot every N log entries [default: 20000].
+    #[arg(long, value_name = "N")]
+    pub snapshot_logs: Option<u64>,
+    /// Log entries kept behind a snapshot [default: 1000].
+    #[arg(long, value_name = "N")]
+    pub snapshot_keep_logs: Option<u64>,
+    /// Log segment size in bytes [default: 67108864].
+    #[arg(long, value_name = "BYTES")]
+    pub log_segment_bytes: Option<u64>,
+    /// Clicks in flight from clients before the node answers RESOURCE_EXHAUSTED
+    /// [default: 200000].
+    #[arg(long, value_name = "N")]
+    pub max_inflight_clicks: Option<usize>,
+    /// Most clicks in one ingest request [default: 10000].
+    #[arg(long, value_name = "N")]
+    pub max_batch_clicks: Option<usize>,
+    /// How long a request may wait for Raft, ms [default: 10000].
+    #[arg(long, value_name = "MS")]
+    pub request_timeout_ms: Option<u64>,
+}
+
+/// The `--config` file: the same keys as the flags.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    node_id: Option<u64>,
+    data_dir: Option<PathBuf>,
+    listen: Option<SocketAddr>,
+    http: Option<SocketAddr>,
+    /// Either the flag's string form or a table `{ 1 = "host:port", ... }`.
+    peers: Option<PeersValue>,
+    groups: Option<u64>,
+    raft_heartbeat_ms: Option<u64>,
+    raft_election_timeout_ms: Option<u64>,
+    snapshot_logs: Option<u64>,
+    snapshot_keep_logs: Option<u64>,
+    log_segment_bytes: Option<u64>,
+    max_inflight_clicks: Option<usize>,
+    max_batch_clicks: Option<usize>,
+    request_timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum PeersValue {
+    Text(String),
+    Table(BTreeMap<String, String>),
+}
+
+/// A configuration problem, for the operator.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+fn err<T>(msg: impl Into<String>) -> Result<T, ConfigError> {
+    Err(ConfigError(msg.into()))
+}
+
+/// Parses `1=host:port,2=host:port`.
+pub fn parse_peers(text: &str) -> Result<BTreeMap<u64, String>, ConfigError> {
+    let mut peers = BTreeMap::new();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let Some((id, addr)) = part.split_once('=') else {
+            return err(format!("peer {part:?}: expected ID=HOST:PORT"));
+        };
+        let id = parse_peer_id(id)?;
+        insert_peer(&mut peers, id, addr.trim())?;
+    }
+    Ok(peers)
+}
+
+fn parse_peer_id(id: &str) -> Result<u64, ConfigError> {
+    match id.trim().parse::<u64>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => err(format!("peer id {id:?}: expected a positive integer")),
+    }
+}
+
+fn insert_peer(peers: &mut BTreeMap<u64, String>, id: u64, addr: &str) -> Result<(), ConfigError> {
+    let valid = addr
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
+    if !valid {
+        return err(format!("peer {id}: address {addr:?} is not HOST:PORT"));
+    }
+    if peers.insert(id, addr.to_owned()).is_some() {
+        return err(format!("peer {id} is listed twice"));
+    }
+    Ok(())
+}
+
+impl Config {
+    /// Resolves flags over the `--config` file over the defaults, and validates.
+    pub fn resolve(flags: Flags) -> Result<Config, ConfigError> {
+        let file = match &flags.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        let peers = match (flags.peers, file.peers) {
+            (Some(text), _) | (None, Some(PeersValue::Text(text))) => parse_peers(&text)?,
+            (None, Some(PeersValue::Table(table))) => {
+                let mut peers = BTreeMap::new();
+                for (id, addr) in table {
+                    insert_peer(&mut peers, parse_peer_id(&id)?, &addr)?;
+                }
+                peers
+            }
+            (None, None) => return err("--peers is required (e.g. 1=127.0.0.1:7401,...)"),
+        };
+        let Some(node_id) = flags.node_id.or(file.node_id) else {
+            return err("--node-id is required");
+        };
+        let Some(data_dir) = flags.data_dir.or(file.data_dir) else {
+            return err("--data-dir is required");
+        };
+        let Some(listen) = flags.listen.or(file.listen) else {
+            return err("--listen is required");
+        };
+        let Some(http) = flags.http.or(file.http) else {
+            return err("--http is required");
+        };
+        let config = Config {
+            node_id,
+            data_dir,
+            listen,
+            http,
+            peers,
+            groups: flags.groups.or(file.groups).unwrap_or(DEFAULT_GROUPS),
+            raft_heartbeat_ms: flags
+                .raft_heartbeat_ms
+                .or(file.raft_heartbeat_ms)
+                .unwrap_or(100),
+            raft_election_timeout_ms: flags
+                .raft_election_timeout_ms
+                .or(file.raft_election_timeout_ms)
+                .unwrap_or(1000),
+            snapshot_logs: flags.snapshot_logs.or(file.snapshot_logs).unwrap_or(20_000),
+            snapshot_keep_logs: flags
+                .snapshot_keep_logs
+                .or(file.snapshot_keep_logs)
+                .unwrap_or(1000),
+            log_segment_bytes: flags
+                .log_segment_bytes
+                .or(file.log_segment_bytes)
+                .unwrap_or(adclick_storage::log::DEFAULT_SEGMENT_SIZE),
+            max_inflight_clicks: flags
+                .max_inflight_clicks
+                .or(file.max_inflight_clicks)
+                .unwrap_or(200_000),
+            max_batch_clicks: flags
+                .max_batch_clicks
+                .or(file.max_batch_clicks)
+                .unwrap_or(10_000),
+            request_timeout_ms: flags
+                .request_timeout_ms
+                .or(file.request_timeout_ms)
+                .unwrap_or(10_000),
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !self.peers.contains_key(&self.node_id) {
+            return err(format!(
+                "--node-id {} is not one of --peers ({})",
+                self.node_id,
+                self.peers
+                    .keys()
+                    .map(u64::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        if !(1..=MAX_GROUPS).contains(&self.groups) {
+            return err(format!("--groups must be 1 to {MAX_GROUPS}"));
+        }
+        if self.raft_heartbeat_ms == 0 || self.raft_election_timeout_ms <= self.raft_heartbeat_ms {
+            return err(
+                "--raft-election-timeout-ms must be greater than --raft-heartbeat-ms (> 0)",
+            );
+        }
+        if self.snapshot_logs == 0 {
+            return err("--snapshot-logs must be positive");
+        }
+        if self.log_segment_bytes < 4096 {
+            return err("--log-segment-bytes must be at least 4096");
+        }
+        if self.max_batch_clicks == 0 || self.max_inflight_clicks < self.max_batch_clicks {
+            return err("--max-inflight-clicks must be at least --max-batch-clicks (> 0)");
+        }
+        if self.request_timeout_ms == 0 {
+            return err("--request-timeout-ms must be positive");
+        }
+        Ok(())
+    }
+
+    /// The address peers and clients dial for this node (its `--peers` entry).
+    pub fn advertised_addr(&self) -> &str {
+        self.peers.get(&self.node_id).map_or("", String::as_str)
+    }
+
+    /// Directory of group `g`'s log.
+    pub fn log_dir(&self, group: u64) -> PathBuf {
+        self.data_dir
+            .join("groups")
+            .join(group.to_string())
+            .join("log")
+    }
+
+    /// Directory of group `g`'s snapshots.
+    pub fn snapshot_dir(&self, group: u64) -> PathBuf {
+        self.data_dir
+            .join("groups")
+            .join(group.to_string())
+            .join("snapshots")
+    }
+
+    /// The node's RocksDB (every group's state machine).
+    pub fn db_dir(&self) -> PathBuf {
+        self.data_dir.join("db")
+    }
+}
+
+fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError(format!("reading {}: {e}", path.display())))?;
+    toml::from_str(&text).map_err(|e| ConfigError(format!("{}: {e}", path.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flags() -> Flags {
+        Flags {
+            node_id: Some(2),
+            data_dir: Some("/tmp/x".into()),
+            listen: Some("127.0.0.1:7402".parse().expect("addr")),
+            http: Some("127.0.0.1:8402".parse().expect("addr")),
+            peers: Some("1=127.0.0.1:7401, 2=127.0.0.1:7402,3=localhost:7403".into()),
+            ..Flags::default()
+        }
+    }
+
+    #[test]
+    fn flags_resolve_with_defaults() {
+        let c = Config::resolve(flags()).expect("valid");
+        assert_eq!(c.peers.len(), 3);
+        assert_eq!(c.peers[&3], "localhost:7403");
+        assert_eq!(c.groups, DEFAULT_GROUPS);
+        assert_eq!(c.advertised_addr(), "127.0.0.1:7402");
+        assert_eq!(c.log_dir(3), PathBuf::from("/tmp/x/groups/3/log"));
+    }
+
+    #[test]
+    fn bad_peers_are_refused_with_the_reason() {
+        for (text, want) in [
+            ("1=127.0.0.1:7401,1=127.0.0.1:7402", "listed twice"),
+            ("x=127.0.0.1:7401", "positive integer"),
+            ("0=127.0.0.1:7401", "positive integer"),
+            ("1=127.0.0.1", "HOST:PORT"),
+            ("1", "ID=HOST:PORT"),
+        ] {
+            let e = parse_peers(text).expect_err(text);
+            assert!(e.0.contains(want), "{text}: {e}");
+        }
+        let mut f = flags();
+        f.node_id = Some(9);
+        let e = Config::resolve(f).expect_err("not a peer");
+        assert!(e.0.contains("not one of --peers"), "{e}");
+    }
+
+    #[test]
+    fn file_supplies_keys_and_flags_win() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("node.toml");
+        std::fs::write(
+            &path,
+            "node_id = 1\ndata_dir = \"/data\"\nlisten = \"127.0.0.1:1\"\nhttp = \"127.0.0.1:2\"\n\
+             groups = 8\n[peers]\n1 = \"127.0.0.1:1\"\n2 = \"127.0.0.1:3\"\n",
+        )
+        .expect("write");
+        let c = Config::resolve(Flags {
+            config: Some(path.clone()),
+            groups: Some(2),
+            ..Flags::default()
+        })
+        .expect("valid");
+        assert_eq!(c.node_id, 1);
+        assert_eq!(c.groups, 2, "the flag wins over the file");
+        assert_eq!(c.peers.len(), 2);
+        std::fs::write(&path, "nodeid = 1\n").expect("write");
+        let e = Config::resolve(Flags {
+            config: Some(path),
+            ..Flags::default()
+        })
+        .expect_err("unknown key");
+        assert!(e.0.contains("nodeid"), "{e}");
+    }
+}

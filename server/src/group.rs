@@ -1,0 +1,166 @@
+//! One Raft group hosted by this node: its Raft handle, read handles on its state machine
+//! and raw log, and the operations the services need from it — propose a command and wait
+//! for its apply, and make a local read linearizable.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use adclick_proto::convert::LeaderHint;
+use adclick_storage::log::RawReader;
+use adclick_storage::sm::SmReader;
+use adclick_storage::types::{Command, CommandResponse, TypeConfig};
+use openraft::async_runtime::WatchReceiver;
+use openraft::error::{ClientWriteError, ForwardToLeader, LinearizableReadError, RaftError};
+use openraft::raft::ReadPolicy;
+use openraft::{RaftMetrics, ServerState};
+
+use crate::error::{Error, Result};
+use crate::raft::GroupRaft;
+
+/// A group of this node.
+pub struct Group {
+    /// 0 for the metadata group, 1..=G for data groups.
+    pub id: u64,
+    /// This node's id.
+    pub node_id: u64,
+    /// The Raft handle.
+    pub raft: GroupRaft,
+    /// Queries on the state machine.
+    pub reader: SmReader,
+    /// The raw-click view of the log.
+    pub raw: RawReader,
+    /// Where the group's snapshots live (incoming ones are written here).
+    pub snapshot_dir: PathBuf,
+}
+
+impl std::fmt::Debug for Group {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Group").field("id", &self.id).finish()
+    }
+}
+
+/// What a proposal came to.
+#[derive(Debug)]
+pub enum Proposal {
+    /// Committed and applied here: the state machine's answer.
+    Applied(CommandResponse),
+    /// Not appended: this node does not lead the group. Safe to send to the leader.
+    NotLeader(Option<LeaderHint>),
+}
+
+impl Group {
+    /// The current metrics.
+    pub fn metrics(&self) -> RaftMetrics<TypeConfig> {
+        self.raft.metrics().borrow_watched().clone()
+    }
+
+    /// Whether this node leads the group now.
+    pub fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow_watched().state == ServerState::Leader
+    }
+
+    /// The leader this node knows, with its address from the membership.
+    pub fn leader(&self) -> Option<LeaderHint> {
+        let m = self.raft.metrics();
+        let m = m.borrow_watched();
+        let id = m.current_leader?;
+        let node = m.membership_config.membership().get_node(&id)?;
+        Some(LeaderHint {
+            node_id: id,
+            addr: node.addr.clone(),
+        })
+    }
+
+    fn hint(f: &ForwardToLeader<TypeConfig>) -> Option<LeaderHint> {
+        match (f.leader_id, &f.leader_node) {
+            (Some(id), Some(node)) => Some(LeaderHint {
+                node_id: id,
+                addr: node.addr.clone(),
+            }),
+            _ => None,
+        }
+    }
+
+    /// Proposes `cmd` and waits until it is applied, at most `timeout`.
+    pub async fn propose(&self, cmd: Command, timeout: Duration) -> Result<Proposal> {
+        let write = tokio::time::timeout(timeout, self.raft.client_write(cmd)).await;
+        match write {
+            Err(_) => Err(Error::Timeout(format!(
+                "group {} did not apply the write within {timeout:?}; it may still be \
+                 applied: retry with the same event ids",
+                self.id
+            ))),
+            Ok(Ok(resp)) => Ok(Proposal::Applied(resp.data)),
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
+                Ok(Proposal::NotLeader(Self::hint(&f)))
+            }
+            Ok(Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(_)))) => {
+                Err(Error::Unavailable(format!(
+                    "group {} changed leader before the write committed; it may still be \
+                     applied: retry with the same event ids",
+                    self.id
+                )))
+            }
+            Ok(Err(RaftError::APIError(e))) => Err(Error::Internal(format!(
+                "group {}: unexpected write error: {e}",
+                self.id
+            ))),
+            Ok(Err(RaftError::Fatal(f))) => Err(Error::Unavailable(format!(
+                "group {} is stopped on this node: {f}",
+                self.id
+            ))),
+        }
+    }
+
+    /// On the leader: confirms leadership with a quorum and returns the index a replica
+    /// must have applied to serve a linearizable read. `Ok(Err(hint))` when this node does
+    /// not lead the group.
+    pub async fn read_index(
+        &self,
+        timeout: Duration,
+    ) -> Result<std::result::Result<Option<u64>, Option<LeaderHint>>> {
+        let linear = tokio::time::timeout(
+            timeout,
+            self.raft.get_read_linearizer(ReadPolicy::ReadIndex),
+        )
+        .await
+        .map_err(|_| {
+            Error::Timeout(format!(
+                "group {} could not confirm its leadership within {timeout:?}",
+                self.id
+            ))
+        })?;
+        match linear {
+            Ok(l) => Ok(Ok(Some(l.read_log_id().index()))),
+            Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f))) => {
+                Ok(Err(Self::hint(&f)))
+            }
+            Err(RaftError::APIError(LinearizableReadError::QuorumNotEnough(q))) => {
+                Err(Error::Unavailable(format!(
+                    "group {}: leadership not confirmed by a quorum: {q}",
+                    self.id
+                )))
+            }
+            Err(RaftError::Fatal(f)) => Err(Error::Unavailable(format!(
+                "group {} is stopped on this node: {f}",
+                self.id
+            ))),
+        }
+    }
+
+    /// Waits until this replica has applied `index`, at most `timeout`.
+    pub async fn wait_applied(&self, index: Option<u64>, timeout: Duration) -> Result<()> {
+        let Some(index) = index else { return Ok(()) };
+        self.raft
+            .wait(Some(timeout))
+            .applied_index_at_least(Some(index), "linearizable read")
+            .await
+            .map(|_| ())
+            .map_err(|e| {
+                Error::Timeout(format!(
+                    "group {} replica on node {} did not apply index {index} in time: {e}",
+                    self.id, self.node_id
+                ))
+            })
+    }
+}

@@ -1,0 +1,513 @@
+//! A node: its Raft groups (the metadata group 0 and data groups 1..=G), opened over one
+//! RocksDB and one segmented log per group, the peer channels they share, and the
+//! background work that keeps the cluster in shape — bootstrapping a fresh cluster,
+//! carrying the filter registry from group 0 into every data group, and fetching raw
+//! log segments a snapshot install left out.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use adclick_proto::convert::LeaderHint;
+use adclick_proto::model::AdId;
+use adclick_proto::wire::{self, metadata};
+use adclick_storage::log::{LogConfig, LogStore};
+use adclick_storage::sm::{open_db, SmOptions, StateMachine};
+use adclick_storage::types::{Command, FilterDef};
+use openraft::error::{InitializeError, RaftError};
+use openraft::BasicNode;
+use tokio::sync::{Notify, Semaphore};
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::group::Group;
+use crate::metrics::Metrics;
+use crate::raft::network::{target, GroupNetwork, Peers};
+use crate::raft::{raft_config, GroupRaft};
+
+/// The metadata group's id.
+pub const META_GROUP: u64 = 0;
+
+/// The version of the shard map this release builds: a fixed, even split of the key
+/// space over the data groups. Splits would bump it.
+pub const SHARD_MAP_VERSION: u64 = 1;
+
+/// The node.
+pub struct Node {
+    /// Its settings.
+    pub config: Config,
+    /// Channels to the peers.
+    pub peers: Arc<Peers>,
+    groups: BTreeMap<u64, Arc<Group>>,
+    /// Counters and gauges for /metrics.
+    pub metrics: Metrics,
+    /// Clicks of client requests in flight (backpressure).
+    pub client_budget: Arc<Semaphore>,
+    /// Clicks of requests forwarded by peers in flight; separate so that two nodes
+    /// forwarding to each other can never hold each other's budget.
+    pub forward_budget: Arc<Semaphore>,
+    draining: AtomicBool,
+    inflight: AtomicUsize,
+    idle: Notify,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("id", &self.config.node_id)
+            .finish()
+    }
+}
+
+/// Milliseconds since the epoch on this node's clock.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// The key range `[start, end)` (end 0 = 2^64) of data group `g` of `groups`.
+pub fn key_range(g: u64, groups: u64) -> wire::KeyRange {
+    let bound = |i: u64| -> u64 {
+        // i * 2^64 / groups, exact in u128; 2^64 itself wraps to 0 as the wire wants.
+        ((u128::from(i) << 64) / u128::from(groups)) as u64
+    };
+    wire::KeyRange {
+        start: bound(g - 1),
+        end: if g == groups { 0 } else { bound(g) },
+    }
+}
+
+/// The data group owning shard key `key`.
+pub fn group_of_key(key: u64, groups: u64) -> u64 {
+    // floor(key * groups / 2^64) + 1: the inverse of `key_range`'s bounds.
+    ((u128::from(key) * u128::from(groups)) >> 64) as u64 + 1
+}
+
+/// An in-flight client request; the node drains these before it stops.
+#[derive(Debug)]
+pub struct InFlight<'a> {
+    node: &'a Node,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if self.node.inflight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.node.idle.notify_waiters();
+        }
+    }
+}
+
+impl Node {
+    /// Opens every group's storage and builds its Raft (not running yet).
+    pub async fn open(config: Config) -> anyhow::Result<Arc<Node>> {
+        std::fs::create_dir_all(&config.data_dir)?;
+        check_identity(&config)?;
+        let db = open_db(&config.db_dir())?;
+        let peers = Arc::new(Peers::new(config.node_id));
+        let raft_config = raft_config(&config)?;
+        let mut groups = BTreeMap::new();
+        for g in 0..=config.groups {
+            let log = LogStore::open(LogConfig {
+                segment_size: config.log_segment_bytes,
+                ..LogConfig::new(config.log_dir(g))
+            })?;
+            let raw = log.raw_reader();
+            let sm = StateMachine::open(
+                Arc::clone(&db),
+                g,
+                config.snapshot_dir(g),
+                SmOptions::default(),
+            )?;
+            let reader = sm.reader();
+            let snapshot_dir = sm.snapshot_dir().to_path_buf();
+            let raft = GroupRaft::build(
+                config.node_id,
+                Arc::clone(&raft_config),
+                GroupNetwork::new(g, Arc::clone(&peers)),
+                log,
+                sm,
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("group {g}: {e}"))?;
+            groups.insert(
+                g,
+                Arc::new(Group {
+                    id: g,
+                    node_id: config.node_id,
+                    raft,
+                    reader,
+                    raw,
+                    snapshot_dir,
+                }),
+            );
+        }
+        let client_budget = Arc::new(Semaphore::new(config.max_inflight_clicks));
+        let forward_budget = Arc::new(Semaphore::new(config.max_inflight_clicks));
+        Ok(Arc::new(Node {
+            metrics: Metrics::new(config.node_id),
+            config,
+            peers,
+            groups,
+            client_budget,
+            forward_budget,
+            draining: AtomicBool::new(false),
+            inflight: AtomicUsize::new(0),
+            idle: Notify::new(),
+        }))
+    }
+
+    /// Starts the groups and the background tasks.
+    pub fn start(self: &Arc<Self>) {
+        for g in self.groups.values() {
+            g.raft.run();
+        }
+        for g in self.groups.keys().copied() {
+            if self.designated(g) == self.config.node_id {
+                tokio::spawn(Arc::clone(self).bootstrap(g));
+            }
+        }
+        tokio::spawn(Arc::clone(self).reconcile_filters_forever());
+        tokio::spawn(Arc::clone(self).fetch_raw_forever());
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> u64 {
+        self.config.node_id
+    }
+
+    /// The node that initializes group `g` on a fresh cluster (and so first leads it):
+    /// the groups' first leaders go round the members.
+    pub fn designated(&self, g: u64) -> u64 {
+        let ids: Vec<u64> = self.config.peers.keys().copied().collect();
+        ids[(g as usize) % ids.len()]
+    }
+
+    /// Group `g`, or NOT_FOUND.
+    pub fn group(&self, g: u64) -> Result<&Arc<Group>> {
+        self.groups
+            .get(&g)
+            .ok_or_else(|| Error::NotFound(format!("node {} hosts no group {g}", self.id())))
+    }
+
+    /// Every group, metadata group first.
+    pub fn groups(&self) -> impl Iterator<Item = &Arc<Group>> {
+        self.groups.values()
+    }
+
+    /// The data groups.
+    pub fn data_groups(&self) -> impl Iterator<Item = &Arc<Group>> {
+        self.groups.range(1..).map(|(_, g)| g)
+    }
+
+    /// The data group holding `ad`'s clicks.
+    pub fn group_of(&self, ad: &AdId) -> &Arc<Group> {
+        let g = group_of_key(ad.shard_key(), self.config.groups);
+        // Every g in 1..=groups exists: `open` built them all.
+        &self.groups[&g]
+    }
+
+    /// The per-request time budget.
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.config.request_timeout_ms)
+    }
+
+    /// Registers a client request; UNAVAILABLE once the node drains.
+    pub fn begin(&self) -> Result<InFlight<'_>> {
+        self.inflight.fetch_add(1, Ordering::AcqRel);
+        let guard = InFlight { node: self };
+        if self.draining.load(Ordering::Acquire) {
+            return Err(Error::Unavailable(format!(
+                "node {} is shutting down; retry at another node",
+                self.id()
+            )));
+        }
+        Ok(guard)
+    }
+
+    /// Whether the node is draining.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    /// Stops taking client requests and waits (at most `limit`) for those in flight.
+    pub async fn drain(&self, limit: Duration) {
+        self.draining.store(true, Ordering::Release);
+        let wait = async {
+            loop {
+                let notified = self.idle.notified();
+                if self.inflight.load(Ordering::Acquire) == 0 {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        if tokio::time::timeout(limit, wait).await.is_err() {
+            tracing::warn!(
+                inflight = self.inflight.load(Ordering::Acquire),
+                "requests still in flight after {limit:?}; stopping anyway"
+            );
+        }
+    }
+
+    /// Stops every group (flushing their logs and state machines).
+    pub async fn shutdown(&self) {
+        for g in self.groups.values() {
+            if let Err(e) = g.raft.shutdown().await {
+                tracing::warn!(group = g.id, error = %e, "raft shutdown");
+            }
+        }
+    }
+
+    /// The address of node `id` as configured.
+    pub fn addr_of(&self, id: u64) -> Option<&str> {
+        self.config.peers.get(&id).map(String::as_str)
+    }
+
+    /// A request to node `to` marked as forwarded by this node.
+    pub fn forwarded<T>(&self, msg: T) -> tonic::Request<T> {
+        let mut req = tonic::Request::new(msg);
+        if let Ok(v) = self.id().to_string().parse() {
+            req.metadata_mut().insert(metadata::FORWARDED_BY, v);
+        }
+        req.set_timeout(self.request_timeout());
+        req
+    }
+
+    /// Waits (bounded by the request timeout) until `g` has a leader, and returns it.
+    pub async fn await_leader(&self, g: &Group) -> Result<LeaderHint> {
+        if let Some(l) = g.leader() {
+            return Ok(l);
+        }
+        let waited = g
+            .raft
+            .wait(Some(self.request_timeout()))
+            .metrics(|m| m.current_leader.is_some(), "a leader")
+            .await;
+        match waited {
+            Ok(_) => g.leader().ok_or_else(|| no_leader(g.id)),
+            Err(_) => Err(no_leader(g.id)),
+        }
+    }
+
+    /// Makes a local read of `g` linearizable: the leader confirms its leadership and
+    /// names an index; this replica waits until it has applied it.
+    pub async fn read_barrier(&self, g: &Group) -> Result<()> {
+        let timeout = self.request_timeout();
+        if g.is_leader() {
+            if let Ok(index) = g.read_index(timeout).await? {
+                return g.wait_applied(index, timeout).await;
+            }
+        }
+        let leader = self.await_leader(g).await?;
+        if leader.node_id == self.id() {
+            return match g.read_index(timeout).await? {
+                Ok(index) => g.wait_applied(index, timeout).await,
+                Err(_) => Err(no_leader(g.id)),
+            };
+        }
+        let mut client = self.peers.raft_client(leader.node_id, &leader.addr);
+        let mut req = target(
+            tonic::Request::new(wire::ReadIndexRequest { group_id: g.id }),
+            leader.node_id,
+        );
+        req.set_timeout(timeout);
+        let resp = client
+            .read_index(req)
+            .await
+            .map_err(|s| Error::from_status(&s))?
+            .into_inner();
+        g.wait_applied(resp.read_log_id.map(|l| l.index), timeout)
+            .await
+    }
+
+    /// Initializes group `g` with every configured member once all of them answer, if it
+    /// has never been initialized. Runs only on the group's designated node.
+    async fn bootstrap(self: Arc<Self>, g: u64) {
+        let Ok(group) = self.group(g).cloned() else {
+            return;
+        };
+        match group.raft.is_initialized().await {
+            Ok(true) => return,
+            Ok(false) => {}
+            Err(e) => {
+                tracing::error!(group = g, error = %e, "bootstrap: raft stopped");
+                return;
+            }
+        }
+        let members: BTreeMap<u64, BasicNode> = self
+            .config
+            .peers
+            .iter()
+            .map(|(id, addr)| (*id, BasicNode::new(addr)))
+            .collect();
+        let mut announced = false;
+        loop {
+            if self.is_draining() {
+                return;
+            }
+            let missing = self.unreachable_peers().await;
+            if missing.is_empty() {
+                break;
+            }
+            if !announced {
+                tracing::info!(
+                    group = g,
+                    ?missing,
+                    "bootstrap: waiting for every peer to answer"
+                );
+                announced = true;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        match group.raft.initialize(members).await {
+            Ok(()) => tracing::info!(group = g, "bootstrap: initialized the group"),
+            Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {
+                tracing::info!(group = g, "bootstrap: already initialized")
+            }
+            Err(e) => tracing::error!(group = g, error = %e, "bootstrap failed"),
+        }
+    }
+
+    /// The peers that do not answer a gRPC health check now.
+    async fn unreachable_peers(&self) -> Vec<u64> {
+        use tonic_health::pb::health_client::HealthClient;
+        use tonic_health::pb::HealthCheckRequest;
+        let mut missing = Vec::new();
+        for (id, addr) in &self.config.peers {
+            if *id == self.id() {
+                continue;
+            }
+            let mut client = HealthClient::new(self.peers.channel(*id, addr));
+            let mut req = tonic::Request::new(HealthCheckRequest {
+                service: String::new(),
+            });
+            req.set_timeout(Duration::from_secs(1));
+            if client.check(req).await.is_err() {
+                missing.push(*id);
+            }
+        }
+        missing
+    }
+
+    /// Carries the filter registry of group 0 into every data group this node leads:
+    /// a filter registered (or dropped) in group 0 is created (or dropped) in each data
+    /// group's log, so every replica starts counting it at the same click.
+    async fn reconcile_filters_forever(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        while !self.is_draining() {
+            tick.tick().await;
+            if let Err(e) = self.reconcile_filters().await {
+                tracing::debug!(error = %e, "filter reconciliation");
+            }
+        }
+    }
+
+    async fn reconcile_filters(&self) -> Result<()> {
+        let meta = self.group(META_GROUP)?;
+        let wanted: BTreeMap<String, String> = meta
+            .reader
+            .filters()?
+            .into_iter()
+            .map(|f| (f.name, f.expr))
+            .collect();
+        for g in self.data_groups() {
+            if !g.is_leader() {
+                continue;
+            }
+            let have: BTreeMap<String, String> = g
+                .reader
+                .filters()?
+                .into_iter()
+                .map(|f| (f.name, f.expr))
+                .collect();
+            for (name, expr) in &have {
+                if wanted.get(name) != Some(expr) {
+                    let cmd = Command::DropFilter { name: name.clone() };
+                    g.propose(cmd, self.request_timeout()).await?;
+                }
+            }
+            for (name, expr) in &wanted {
+                if have.get(name) != Some(expr) {
+                    let cmd = Command::CreateFilter(FilterDef {
+                        name: name.clone(),
+                        expr: expr.clone(),
+                    });
+                    g.propose(cmd, self.request_timeout()).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Fetches, from a peer, the raw log segments a snapshot install left out.
+    async fn fetch_raw_forever(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(Duration::from_secs(2));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        while !self.is_draining() {
+            tick.tick().await;
+            for g in self.groups.values() {
+                if let Err(e) = crate::rawfetch::fill_gaps(&self, g).await {
+                    tracing::warn!(group = g.id, error = %e, "fetching raw segments");
+                }
+            }
+        }
+    }
+}
+
+fn no_leader(g: u64) -> Error {
+    Error::Unavailable(format!(
+        "group {g} has no leader right now (election in progress or no quorum); retry"
+    ))
+}
+
+/// Refuses a data directory that belongs to another node id or group count.
+fn check_identity(config: &Config) -> anyhow::Result<()> {
+    let path = config.data_dir.join("IDENTITY");
+    let want = format!("node_id={}\ngroups={}\n", config.node_id, config.groups);
+    match std::fs::read_to_string(&path) {
+        Ok(have) if have == want => Ok(()),
+        Ok(have) => anyhow::bail!(
+            "{} belongs to another configuration ({}); this node was started with {}",
+            config.data_dir.display(),
+            have.trim().replace('\n', ", "),
+            want.trim().replace('\n', ", ")
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let tmp = path.with_extension("tmp");
+            std::fs::write(&tmp, &want)?;
+            std::fs::File::open(&tmp)?.sync_all()?;
+            std::fs::rename(&tmp, &path)?;
+            std::fs::File::open(&config.data_dir)?.sync_all()?;
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_ranges_tile_the_key_space_and_route_back() {
+        for groups in [1u64, 2, 3, 4, 7, 16] {
+            let mut next = 0u128;
+            for g in 1..=groups {
+                let r = key_range(g, groups);
+                assert_eq!(u128::from(r.start), next, "groups={groups} g={g}");
+                next = if r.end == 0 {
+                    1 << 64
+                } else {
+                    u128::from(r.end)
+                };
+                assert!(u128::from(r.start) < next);
+                assert_eq!(group_of_key(r.start, groups), g);
+                assert_eq!(group_of_key((next - 1) as u64, groups), g);
+            }
+            assert_eq!(next, 1 << 64);
+        }
+    }
+}

@@ -1,0 +1,42 @@
+//! Raft for adclick's groups: openraft configured for them, the gRPC transport's client
+//! side ([`network`]) and server side ([`service`]), and the conversions between
+//! openraft's messages and the wire ([`convert`]).
+
+pub mod convert;
+pub mod network;
+pub mod service;
+
+use std::sync::Arc;
+
+use adclick_storage::sm::StateMachine;
+use adclick_storage::types::TypeConfig;
+use openraft::SnapshotPolicy;
+
+use crate::config::Config as NodeConfig;
+
+/// One group's Raft handle.
+pub type GroupRaft = openraft::Raft<TypeConfig, StateMachine>;
+
+/// A snapshot as openraft hands it around.
+pub type Snapshot = adclick_storage::sm::Snapshot;
+
+/// openraft's configuration for every group of the node, from the node's settings.
+pub fn raft_config(config: &NodeConfig) -> Result<Arc<openraft::Config>, openraft::ConfigError> {
+    let c = openraft::Config {
+        cluster_name: "adclick".into(),
+        heartbeat_interval: config.raft_heartbeat_ms,
+        election_timeout_min: config.raft_election_timeout_ms,
+        election_timeout_max: config.raft_election_timeout_ms * 2,
+        // Applies per snapshot transfer attempt; our transport streams the file in chunks
+        // and only openraft's cancel stops it.
+        install_snapshot_timeout: 60_000,
+        snapshot_max_chunk_size: 1 << 20,
+        max_payload_entries: 256,
+        purge_batch_size: 256.min(config.snapshot_logs),
+        max_in_snapshot_log_to_keep: config.snapshot_keep_logs,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_logs),
+        enable_pre_vote: Some(true),
+        ..Default::default()
+    };
+    c.validate().map(Arc::new)
+}
