@@ -10,8 +10,9 @@
 //! - Record types: [`RECORD_ENTRY`] (an encoded Raft entry, see [`crate::codec`]),
 //!   [`RECORD_COMMITTED`] (the committed log id Raft saved) and [`RECORD_SEAL`] (the last
 //!   record of a full segment, fixed size so it can be read from the end of the file).
-//! - The **meta file** `meta` holds the vote and the last purged log id; it is replaced
-//!   atomically (write a temporary file, fsync, rename, fsync the directory).
+//! - The **meta file** `meta` holds the vote, the last purged log id and the raw store's
+//!   low-water mark; it is replaced atomically (write a temporary file, fsync, rename, fsync
+//!   the directory).
 //! - The **lock file** `LOCK` is empty; an exclusive lock on it marks the directory as owned
 //!   by one open log.
 //! - Entry indexes are at most [`MAX_INDEX`]: `u64::MAX` is reserved, so the index after
@@ -71,12 +72,16 @@ pub const SEAL_RECORD_LEN: usize = FRAME_HEADER_LEN + SEAL_PAYLOAD_LEN;
 pub const META_FILE: &str = "meta";
 /// Magic bytes opening the meta file.
 pub const META_MAGIC: [u8; 8] = *b"ADCKMETA";
-/// Version of the meta file layout.
-pub const META_FORMAT_VERSION: u32 = 1;
-/// Meta file: magic (8), version (u32), vote present flag (u8), vote term (u64), vote node
-/// id (u64), vote committed flag (u8), last purged log id (optional, 25), crc of the
-/// preceding 55 bytes (u32).
-pub const META_FILE_LEN: usize = 59;
+/// Version of the meta file layout written: 2 (version 1, without the raw low-water mark,
+/// is still read).
+pub const META_FORMAT_VERSION: u32 = 2;
+/// Meta file (version 2): magic (8), version (u32), vote present flag (u8), vote term
+/// (u64), vote node id (u64), vote committed flag (u8), last purged log id (optional, 25),
+/// raw low-water mark (u64), crc of the preceding 63 bytes (u32).
+pub const META_FILE_LEN: usize = 67;
+/// Length of a version 1 meta file: as version 2 without the raw low-water mark (the crc
+/// covers the preceding 55 bytes).
+pub const META_FILE_V1_LEN: usize = 59;
 
 /// The file name of the segment whose first entry index is `first_index`.
 pub fn segment_file_name(first_index: u64) -> String {
@@ -267,9 +272,13 @@ pub struct Meta {
     pub vote: Option<Vote>,
     /// The last log id purged by Raft (entries up to it are no longer served to Raft).
     pub purged: Option<LogId>,
+    /// The raw store's low-water mark: retention removed (archived or deleted) segments
+    /// holding indexes below it, so the raw store no longer wants them (they are not gaps).
+    /// 0 until retention first removes a segment.
+    pub raw_from: u64,
 }
 
-/// Encodes the meta file.
+/// Encodes the meta file (always the current version).
 pub fn encode_meta(m: &Meta) -> [u8; META_FILE_LEN] {
     let mut b = [0u8; META_FILE_LEN];
     b[0..8].copy_from_slice(&META_MAGIC);
@@ -281,29 +290,41 @@ pub fn encode_meta(m: &Meta) -> [u8; META_FILE_LEN] {
         b[29] = u8::from(v.committed);
     }
     put_opt_log_id(&mut b[30..55], m.purged.as_ref());
-    let crc = crc32fast::hash(&b[0..55]);
-    b[55..59].copy_from_slice(&crc.to_le_bytes());
+    b[55..63].copy_from_slice(&m.raw_from.to_le_bytes());
+    let crc = crc32fast::hash(&b[0..63]);
+    b[63..67].copy_from_slice(&crc.to_le_bytes());
     b
 }
 
-/// Decodes the meta file, or says what is wrong with it.
+/// Decodes the meta file (version 2, or version 1 with a raw low-water mark of 0), or says
+/// what is wrong with it.
 pub fn decode_meta(b: &[u8]) -> Result<Meta, String> {
-    if b.len() != META_FILE_LEN {
-        return Err(format!(
-            "meta file is {} bytes, expected {META_FILE_LEN}",
-            b.len()
-        ));
-    }
+    let crc_at = match b.len() {
+        META_FILE_LEN => 63,
+        META_FILE_V1_LEN => 55,
+        n => {
+            return Err(format!(
+                "meta file is {n} bytes, expected {META_FILE_LEN} (or {META_FILE_V1_LEN})"
+            ))
+        }
+    };
     if b[0..8] != META_MAGIC {
         return Err("bad meta file magic".into());
     }
-    if crc32fast::hash(&b[0..55]) != u32_at(b, 55) {
+    if crc32fast::hash(&b[0..crc_at]) != u32_at(b, crc_at) {
         return Err("meta file checksum mismatch".into());
     }
     let version = u32_at(b, 8);
-    if version != META_FORMAT_VERSION {
-        return Err(format!("unsupported meta file version {version}"));
-    }
+    let raw_from = match (version, b.len()) {
+        (META_FORMAT_VERSION, META_FILE_LEN) => u64_at(b, 55),
+        (1, META_FILE_V1_LEN) => 0,
+        _ => {
+            return Err(format!(
+                "unsupported meta file version {version} in a file of {} bytes",
+                b.len()
+            ))
+        }
+    };
     let vote = match (b[12], b[29]) {
         (0, 0) if b[13..29].iter().all(|&x| x == 0) => None,
         (1, c @ (0 | 1)) => Some(Vote {
@@ -318,6 +339,7 @@ pub fn decode_meta(b: &[u8]) -> Result<Meta, String> {
     Ok(Meta {
         vote,
         purged: get_opt_log_id(&b[30..55])?,
+        raw_from,
     })
 }
 
@@ -437,6 +459,7 @@ mod tests {
                 committed: true,
             }),
             purged: Some(id(2, 1, 40)),
+            raw_from: 17,
         };
         assert_eq!(decode_meta(&encode_meta(&m)), Ok(m));
         assert_eq!(
@@ -448,6 +471,33 @@ mod tests {
             bad[i] ^= 0x10;
             assert!(decode_meta(&bad).is_err(), "byte {i}");
         }
+    }
+
+    #[test]
+    fn a_version_1_meta_file_is_read_with_a_raw_low_water_mark_of_0() {
+        let m = Meta {
+            vote: None,
+            purged: Some(log_id(3, 1, 40)),
+            raw_from: 0,
+        };
+        let v2 = encode_meta(&m);
+        let mut v1 = [0u8; META_FILE_V1_LEN];
+        v1[0..55].copy_from_slice(&v2[0..55]);
+        v1[8..12].copy_from_slice(&1u32.to_le_bytes());
+        let crc = crc32fast::hash(&v1[0..55]);
+        v1[55..59].copy_from_slice(&crc.to_le_bytes());
+        assert_eq!(decode_meta(&v1), Ok(m));
+        for i in 0..META_FILE_V1_LEN {
+            let mut bad = v1;
+            bad[i] ^= 0x10;
+            assert!(decode_meta(&bad).is_err(), "byte {i}");
+        }
+        // A version 2 file cut to the version 1 length (or the reverse) is refused.
+        let mut short = [0u8; META_FILE_V1_LEN];
+        short[0..55].copy_from_slice(&v2[0..55]);
+        let crc = crc32fast::hash(&short[0..55]);
+        short[55..59].copy_from_slice(&crc.to_le_bytes());
+        assert!(decode_meta(&short).is_err());
     }
 
     #[test]
@@ -474,6 +524,7 @@ mod tests {
         let meta = Meta {
             vote: None,
             purged: Some(at(u64::MAX)),
+            raw_from: 0,
         };
         assert!(decode_meta(&encode_meta(&meta)).is_err());
     }

@@ -1,12 +1,13 @@
 //! The meta file: the vote and the last purged log id, the two facts Raft needs durable
-//! before the call that changes them returns. It is tiny and rarely written (elections,
-//! purges), so it is replaced whole and atomically: write `meta.tmp`, fsync it, rename it
+//! before the call that changes them returns, and the raw store's low-water mark (raised by
+//! retention before it removes segments). It is tiny and rarely written (elections,
+//! purges, retention), so it is replaced whole and atomically: write `meta.tmp`, fsync it, rename it
 //! over `meta`, fsync the directory. A reader therefore sees the old or the new file,
 //! never a mix; a checksum catches anything else.
 
 use std::path::Path;
 
-use super::format::{self, Meta, META_FILE, META_FILE_LEN};
+use super::format::{self, Meta, META_FILE, META_FILE_LEN, META_FILE_V1_LEN};
 use super::fs::{create_atomically, FileSystem, OpenMode};
 use crate::error::{Error, Result};
 
@@ -24,17 +25,19 @@ pub(crate) fn read(fs: &dyn FileSystem, dir: &Path) -> Result<Meta> {
         .open(&path, OpenMode::Read)
         .map_err(|e| Error::io(ctx("opening"), e))?;
     let len = file.size().map_err(|e| Error::io(ctx("measuring"), e))?;
-    if len != META_FILE_LEN as u64 {
+    if len != META_FILE_LEN as u64 && len != META_FILE_V1_LEN as u64 {
         return Err(Error::corruption(
             &path,
             0,
-            format!("meta file is {len} bytes, expected {META_FILE_LEN}"),
+            format!("meta file is {len} bytes, expected {META_FILE_LEN} (or {META_FILE_V1_LEN})"),
         ));
     }
     let mut b = [0u8; META_FILE_LEN];
-    file.read_exact_at(&mut b, 0)
+    // `len` is one of the two lengths checked above.
+    let b = &mut b[..len as usize];
+    file.read_exact_at(b, 0)
         .map_err(|e| Error::io(ctx("reading"), e))?;
-    format::decode_meta(&b).map_err(|r| Error::corruption(&path, 0, r))
+    format::decode_meta(b).map_err(|r| Error::corruption(&path, 0, r))
 }
 
 /// Replaces the meta file of `dir` with `meta`, durably.

@@ -32,6 +32,15 @@
 //! - `save_committed`: a small record in the newest segment, durable with the next group
 //!   commit (losing the latest one in a crash only delays re-applying).
 //!
+//! # Raw gaps and imports
+//!
+//! A snapshot install purges past what the log holds, leaving a gap in the raw store.
+//! [`LogStore::raw_gaps`] lists the purged indexes no segment holds (above the raw
+//! low-water mark, which retention raises past what it removes); the server fetches them
+//! from a peer as whole segment files and hands each to [`LogStore::import_raw`] (or a
+//! [`RawImporter`]), which verifies it and stores the part inside a gap as new sealed,
+//! purged segments.
+//!
 //! # Recovery
 //!
 //! Opening scans the newest segment (and every segment holding unpurged entries) and
@@ -47,6 +56,8 @@
 //! ```text
 //! let log = LogStore::open(LogConfig::new(group_dir))?;   // recovers
 //! let raw = log.raw_reader();          // raw clicks: raw.entries(from..to), raw.segments()
+//! let importer = log.raw_importer();   // after a snapshot install: importer.raw_gaps(),
+//!                                      // then importer.import_raw(&peer_segment_bytes)
 //! let raft = Raft::new(id, config, network, log, state_machine).await?;
 //! // on a timer, in a blocking task: log.apply_retention(SystemTime::now())
 //! ```
@@ -61,6 +72,7 @@ pub mod fault;
 mod flusher;
 pub mod format;
 mod fs;
+mod import;
 mod meta;
 mod raft;
 mod raw;
@@ -78,6 +90,7 @@ pub use config::{
 };
 pub use fault::{FaultyFs, FsOp};
 pub use fs::{FileLock, FileSystem, LogFile, OpenMode, StdFs};
+pub use import::{ImportOutcome, RawImporter};
 pub use raft::{LogReader, LogStore};
 pub use raw::{RawEntries, RawReader, SegmentInfo};
 pub use retention::RetentionOutcome;

@@ -13,7 +13,7 @@
 
 use std::fmt::Debug;
 use std::io;
-use std::ops::{Bound, RangeBounds};
+use std::ops::{Bound, Range, RangeBounds};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -22,6 +22,7 @@ use openraft::{OptionalSend, RaftLogReader};
 
 use super::config::LogConfig;
 use super::fs::{FileSystem, StdFs};
+use super::import::{ImportOutcome, RawImporter};
 use super::raw::RawReader;
 use super::recovery;
 use super::retention::RetentionOutcome;
@@ -74,6 +75,46 @@ impl LogStore {
         RawReader {
             shared: Arc::clone(&self.shared),
         }
+    }
+
+    /// A cloneable handle for raw imports ([`RawImporter::import_raw`]), for use after
+    /// this store was handed to openraft.
+    pub fn raw_importer(&self) -> RawImporter {
+        RawImporter {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+
+    /// The committed-and-purged indexes the raw store lacks, in increasing order: every
+    /// index from the raw low-water mark up to and including the purged index that no
+    /// local segment holds. Empty while nothing is purged (the log then holds every entry
+    /// Raft gave it, contiguously). The low-water mark is 0 until retention first removes
+    /// a segment; it then rises past every segment retention removes (archived or
+    /// deleted), so what retention removed is never a gap.
+    ///
+    /// A node that held 0..=10 and installed a snapshot ending at 500 has the gap
+    /// `11..501`; one that held nothing, `0..501`.
+    pub fn raw_gaps(&self) -> Result<Vec<Range<u64>>> {
+        self.shared.raw_gaps()
+    }
+
+    /// Stores the committed entries of `segment_image` — a whole segment file from a
+    /// peer's log, sealed or not (`docs/log-format.md`) — that fall in a raw gap
+    /// ([`Self::raw_gaps`]), and only those, as new sealed segment files; raw reads serve
+    /// them at once and recovery finds them after a restart. Entries outside every gap
+    /// (held already, below the low-water mark, or above the purged index) are ignored.
+    ///
+    /// The image is verified completely first (header, every record's checksum, contiguous
+    /// indexes, non-decreasing leaders, every entry decodable): a damaged one is
+    /// [`crate::Error::Corruption`] and nothing is stored. The image must end at a record
+    /// boundary (a peer sends the first `bytes` bytes its [`RawReader::segments`] lists).
+    /// An imported segment is sealed with the peer's seal time (at most now), or the import
+    /// time for an unsealed image: retention ages it from there like any purged segment.
+    ///
+    /// Does file I/O and fsyncs: call it from a blocking context. Waits for a retention
+    /// pass in progress (and one waits for it).
+    pub fn import_raw(&self, segment_image: &[u8]) -> Result<ImportOutcome> {
+        self.shared.import_raw(segment_image)
     }
 
     /// The configuration the log was opened with.

@@ -6,8 +6,9 @@
 //! whichever is higher): their bytes can never be truncated, so a raw iterator can read
 //! them without holding the log's lock. It snapshots the segment list when created; a
 //! segment removed by retention afterwards makes it fail with an I/O error rather than
-//! skip entries. Indexes the log never stored (the gap a snapshot install leaves) are
-//! skipped: entries come out in increasing index order, not necessarily contiguous.
+//! skip entries. Indexes the log never stored (the gap a snapshot install leaves, until a
+//! raw import fills it) are skipped: entries come out in increasing index order, not
+//! necessarily contiguous; [`RawReader::raw_gaps`] lists the missing ranges.
 
 use std::collections::VecDeque;
 use std::ops::RangeBounds;
@@ -68,6 +69,12 @@ impl RawReader {
                     .is_some_and(|l| purged.is_some_and(|p| l <= p)),
             })
             .collect())
+    }
+
+    /// The committed-and-purged indexes no local segment holds; see
+    /// [`super::LogStore::raw_gaps`].
+    pub fn raw_gaps(&self) -> Result<Vec<std::ops::Range<u64>>> {
+        self.shared.raw_gaps()
     }
 
     /// The committed entries stored with index in `range`, in index order, purged or not.

@@ -11,7 +11,9 @@
 //!    all purged is retained as is (its range comes from the seal; its records are checked
 //!    when raw-read); any other is scanned in full and must be whole.
 //! 4. Check continuity: no overlap between segments, no gap above the purged index, and
-//!    the first unpurged entry right after the purged one.
+//!    the first unpurged entry right after the purged one. Gaps below the purged index (a
+//!    snapshot install) are allowed, and so are the sealed segments a raw import wrote
+//!    into them: they are ordinary purged segments, retained like any other.
 //!
 //! Any failure names the file and the offset ([`crate::Error::Corruption`]): recovery
 //! never drops data it cannot prove was unacknowledged.
@@ -82,11 +84,11 @@ pub(crate) fn open(config: LogConfig, fs: Arc<dyn FileSystem>) -> Result<Shared>
     if needs_new {
         // Stored and purged indexes are at most MAX_INDEX (checked above and when decoding
         // the meta file), so the next one exists.
-        let first = segments
-            .iter()
-            .rev()
-            .find_map(Segment::last_index)
-            .or(purged)
+        // The next entry follows both the last stored one and the purged one (a sealed
+        // segment may end below the purged index after a snapshot install).
+        let last_stored = segments.iter().rev().find_map(Segment::last_index);
+        let first = last_stored
+            .max(purged)
             .map_or(Some(0), |l| l.checked_add(1))
             .ok_or_else(|| Error::corruption(&dir, 0, "no index is left after the log"))?;
         segments.push(segment::create(fsr, &dir, first, committed.as_ref())?);
@@ -112,6 +114,7 @@ pub(crate) fn open(config: LogConfig, fs: Arc<dyn FileSystem>) -> Result<Shared>
         vote: meta.vote,
         purged: meta.purged,
         committed,
+        raw_from: meta.raw_from,
     };
     tracing::info!(
         dir = %dir.display(),

@@ -3,8 +3,10 @@
 //! go; then they are moved to the archive directory, or deleted when there is none.
 //!
 //! Only a prefix of the segments is ever removed (oldest first, stopping at the first one
-//! that must stay), so the retained range stays contiguous. The segment being written and
-//! any segment holding an unpurged entry are never candidates.
+//! that must stay). The segment being written and any segment holding an unpurged entry
+//! are never candidates; segments a raw import wrote are purged segments like any other.
+//! Before a pass removes anything it raises the raw low-water mark (meta file) past the
+//! last segment it will remove, so removed indexes never count as raw gaps.
 //!
 //! Invariants:
 //! - The in-memory segment list matches the directory, even after a failure: a segment
@@ -22,8 +24,9 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::SystemTime;
 
-use super::format::TMP_SUFFIX;
+use super::format::{Meta, TMP_SUFFIX};
 use super::fs::{sync_dir, FileSystem, OpenMode};
+use super::meta;
 use super::store::Shared;
 use crate::error::{Error, Result};
 
@@ -133,7 +136,7 @@ impl Shared {
             .retention_lock
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        let victims: Vec<(u64, PathBuf)> = {
+        let victims: Vec<(u64, u64, PathBuf)> = {
             let inner = self.read()?;
             let Some(purged) = inner.purged.map(|p| p.index) else {
                 return Ok(RetentionOutcome::default());
@@ -160,17 +163,20 @@ impl Shared {
                     break;
                 }
                 total = total.saturating_sub(seg.len);
-                victims.push((seg.first_index, seg.path.clone()));
+                victims.push((seg.first_index, last, seg.path.clone()));
             }
             victims
         };
-        if victims.is_empty() {
+        let Some(&(_, last_victim, _)) = victims.last() else {
             return Ok(RetentionOutcome::default());
-        }
+        };
+        // Before any file goes: the indexes it holds are then no raw gap, even after a
+        // crash midway (a segment still on disk below the mark stays listed and readable).
+        self.raise_raw_from(last_victim + 1)?;
         let mut out = RetentionOutcome::default();
         let fs = self.fs.as_ref();
         let mut failed = None;
-        for (first, path) in &victims {
+        for (first, _, path) in &victims {
             if self.background.is_closed() {
                 break;
             }
@@ -204,6 +210,33 @@ impl Shared {
             "log retention applied"
         );
         Ok(out)
+    }
+
+    /// Raises the raw low-water mark to `mark` (durably, in the meta file) unless it is
+    /// already there.
+    fn raise_raw_from(&self, mark: u64) -> Result<()> {
+        let _m = self
+            .meta_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let (vote, purged) = {
+            let inner = self.read()?;
+            if inner.raw_from >= mark {
+                return Ok(());
+            }
+            (inner.vote, inner.purged)
+        };
+        meta::write(
+            self.fs.as_ref(),
+            &self.config.dir,
+            &Meta {
+                vote,
+                purged,
+                raw_from: mark,
+            },
+        )?;
+        self.write()?.raw_from = mark;
+        Ok(())
     }
 
     /// Drops the oldest segment, which must start at `first`, from the in-memory list.

@@ -14,7 +14,8 @@
 //!   written, unsealed, with an open handle and an entry index.
 //! - Entries Raft has not purged are contiguous, start right after `purged` (or anywhere on
 //!   a log never purged), and live in segments with an entry index (`locs`).
-//! - A gap between segments lies entirely at or below `purged` (a snapshot install).
+//! - A gap between segments lies entirely at or below `purged` (a snapshot install; raw
+//!   imports fill such gaps with sealed segments, always below the active one).
 
 use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -57,6 +58,9 @@ pub(crate) struct Inner {
     pub vote: Option<Vote>,
     pub purged: Option<LogId>,
     pub committed: Option<LogId>,
+    /// The raw store's low-water mark (meta file): indexes below it were removed by
+    /// retention and are not gaps.
+    pub raw_from: u64,
 }
 
 impl Inner {
@@ -73,7 +77,7 @@ impl Inner {
             .expect("a log always has a segment being written")
     }
 
-    fn purged_index(&self) -> Option<u64> {
+    pub(crate) fn purged_index(&self) -> Option<u64> {
         self.purged.map(|p| p.index)
     }
 
@@ -111,6 +115,34 @@ impl Inner {
     /// What openraft calls the last log id: the last live entry, else the last purged.
     pub fn last_log_id(&self) -> Option<LogId> {
         self.last_live().or(self.purged)
+    }
+
+    /// The purged indexes no segment holds, from the raw low-water mark up to and including
+    /// the purged index, in order. Above the purged index the log has no gap.
+    pub fn raw_gaps(&self) -> Vec<std::ops::Range<u64>> {
+        let Some(purged) = self.purged_index() else {
+            return Vec::new();
+        };
+        // `purged` is at most MAX_INDEX, so the end exists.
+        let end = purged + 1;
+        let mut gaps = Vec::new();
+        let mut at = self.raw_from;
+        for seg in &self.segments {
+            let Some(last) = seg.last_index() else {
+                continue;
+            };
+            if at >= end || seg.first_index >= end {
+                break;
+            }
+            if seg.first_index > at {
+                gaps.push(at..seg.first_index);
+            }
+            at = at.max(last + 1);
+        }
+        if at < end {
+            gaps.push(at..end);
+        }
+        gaps
     }
 
     /// Position of the segment that holds `index`.
@@ -161,7 +193,7 @@ impl Shared {
         self.inner.write().map_err(|_| poisoned())
     }
 
-    fn check(&self) -> Result<()> {
+    pub(crate) fn check(&self) -> Result<()> {
         self.flusher.check().map_err(|e| Error::io("log", e))
     }
 
@@ -304,7 +336,7 @@ impl Shared {
 
     /// Seals the active segment (or drops it if it holds no entry) and starts segment
     /// `first_index`. Fsyncs inline: this happens once per `segment_size` bytes.
-    fn rotate(&self, inner: &mut Inner, first_index: u64) -> Result<()> {
+    pub(crate) fn rotate(&self, inner: &mut Inner, first_index: u64) -> Result<()> {
         let committed = inner.committed;
         let purged = inner.purged_index();
         let dir = self.config.dir.clone();
@@ -509,7 +541,7 @@ impl Shared {
                 .meta_lock
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
-            let vote = {
+            let (vote, raw_from) = {
                 let mut inner = self.write()?;
                 if inner.purged.is_some_and(|p| p.index >= id.index) {
                     return Ok(());
@@ -522,7 +554,7 @@ impl Shared {
                     );
                     self.cut_from(&mut inner, from)?;
                 }
-                inner.vote
+                (inner.vote, inner.raw_from)
             };
             meta::write(
                 self.fs.as_ref(),
@@ -530,6 +562,7 @@ impl Shared {
                 &Meta {
                     vote,
                     purged: Some(id),
+                    raw_from,
                 },
             )?;
             let mut inner = self.write()?;
@@ -554,13 +587,17 @@ impl Shared {
             .meta_lock
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        let purged = self.read()?.purged;
+        let (purged, raw_from) = {
+            let inner = self.read()?;
+            (inner.purged, inner.raw_from)
+        };
         meta::write(
             self.fs.as_ref(),
             &self.config.dir,
             &Meta {
                 vote: Some(vote),
                 purged,
+                raw_from,
             },
         )?;
         self.write()?.vote = Some(vote);

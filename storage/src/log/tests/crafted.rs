@@ -37,11 +37,12 @@ fn write_meta(dir: &Path, purged: u64) {
     let meta = Meta {
         vote: None,
         purged: Some(id(1, MAX_INDEX)),
+        raw_from: 0,
     };
     let mut b = format::encode_meta(&meta);
     b[47..55].copy_from_slice(&purged.to_le_bytes());
-    let crc = crc32fast::hash(&b[0..55]);
-    b[55..59].copy_from_slice(&crc.to_le_bytes());
+    let crc = crc32fast::hash(&b[0..63]);
+    b[63..67].copy_from_slice(&crc.to_le_bytes());
     std::fs::write(dir.join(format::META_FILE), b).expect("write meta");
 }
 

@@ -4,6 +4,7 @@
 mod basic;
 mod crafted;
 mod group_commit;
+mod import;
 mod lock;
 mod model;
 mod recovery;
