@@ -48,6 +48,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // `bytes` fields as `bytes::Bytes`: event ids and Raft entries are sliced out of the
         // request buffer instead of copied.
         .bytes(".adclick.v1")
+        // Malformed requests are INVALID_ARGUMENT, not tonic's INTERNAL (src/codec.rs).
+        .codec_path("crate::codec::StrictCodec")
         .compile_fds(compiler.file_descriptor_set())?;
     Ok(())
 }

@@ -9,6 +9,8 @@
 //! Without the `grpc` feature the crate carries no network code, so the storage engine
 //! can use the domain types and messages without depending on tonic.
 
+#[cfg(feature = "grpc")]
+pub mod codec;
 pub mod convert;
 pub mod filter;
 pub mod model;

@@ -135,3 +135,15 @@ impl Error {
         }
     }
 }
+
+/// Runs a storage call on the blocking pool (state-machine reads, log imports).
+pub async fn blocking<T, F>(f: F) -> Result<T>
+where
+    F: FnOnce() -> adclick_storage::Result<T> + Send + 'static,
+    T: Send + 'static,
+{
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Internal(format!("blocking task failed: {e}")))?
+        .map_err(Error::from)
+}

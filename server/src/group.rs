@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use adclick_proto::convert::LeaderHint;
-use adclick_storage::log::RawReader;
+use adclick_storage::log::{RawImporter, RawReader};
 use adclick_storage::sm::SmReader;
 use adclick_storage::types::{Command, CommandResponse, TypeConfig};
 use openraft::async_runtime::WatchReceiver;
@@ -29,6 +29,10 @@ pub struct Group {
     pub reader: SmReader,
     /// The raw-click view of the log.
     pub raw: RawReader,
+    /// Stores raw segments fetched from peers into the log's gaps.
+    pub importer: RawImporter,
+    /// When the next raw-gap fetch may run, and the backoff after a fruitless one.
+    pub fetch_backoff: std::sync::Mutex<(std::time::Instant, Duration)>,
     /// Where the group's snapshots live (incoming ones are written here).
     pub snapshot_dir: PathBuf,
 }

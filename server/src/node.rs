@@ -33,6 +33,9 @@ pub const META_GROUP: u64 = 0;
 /// space over the data groups. Splits would bump it.
 pub const SHARD_MAP_VERSION: u64 = 1;
 
+/// How often a node checks whether to hand leaderships back (see `rebalance_forever`).
+const REBALANCE_EVERY: Duration = Duration::from_secs(5);
+
 /// The node.
 pub struct Node {
     /// Its settings.
@@ -70,8 +73,10 @@ pub fn now_ms() -> i64 {
 /// The key range `[start, end)` (end 0 = 2^64) of data group `g` of `groups`.
 pub fn key_range(g: u64, groups: u64) -> wire::KeyRange {
     let bound = |i: u64| -> u64 {
-        // i * 2^64 / groups, exact in u128; 2^64 itself wraps to 0 as the wire wants.
-        ((u128::from(i) << 64) / u128::from(groups)) as u64
+        // ceil(i * 2^64 / groups), exact in u128. Rounding up makes a key's group exactly
+        // floor(key * groups / 2^64) + 1 (see `group_of_key`).
+        let n = u128::from(groups);
+        ((u128::from(i) << 64).div_ceil(n)) as u64
     };
     wire::KeyRange {
         start: bound(g - 1),
@@ -81,7 +86,8 @@ pub fn key_range(g: u64, groups: u64) -> wire::KeyRange {
 
 /// The data group owning shard key `key`.
 pub fn group_of_key(key: u64, groups: u64) -> u64 {
-    // floor(key * groups / 2^64) + 1: the inverse of `key_range`'s bounds.
+    // floor(key * groups / 2^64) + 1. With bounds b(i) = ceil(i * 2^64 / groups), key >= b(i)
+    // exactly when key * groups >= i * 2^64, so this is the group whose range holds key.
     ((u128::from(key) * u128::from(groups)) >> 64) as u64 + 1
 }
 
@@ -114,6 +120,7 @@ impl Node {
                 ..LogConfig::new(config.log_dir(g))
             })?;
             let raw = log.raw_reader();
+            let importer = log.raw_importer();
             let sm = StateMachine::open(
                 Arc::clone(&db),
                 g,
@@ -139,6 +146,11 @@ impl Node {
                     raft,
                     reader,
                     raw,
+                    importer,
+                    fetch_backoff: std::sync::Mutex::new((
+                        std::time::Instant::now(),
+                        Duration::ZERO,
+                    )),
                     snapshot_dir,
                 }),
             );
@@ -170,6 +182,7 @@ impl Node {
         }
         tokio::spawn(Arc::clone(self).reconcile_filters_forever());
         tokio::spawn(Arc::clone(self).fetch_raw_forever());
+        tokio::spawn(Arc::clone(self).rebalance_forever());
     }
 
     /// This node's id.
@@ -440,6 +453,45 @@ impl Node {
             }
         }
         Ok(())
+    }
+
+    /// Keeps leaderships spread: a node leading a group whose designated node is back and
+    /// fully caught up hands the group to it. Without this, leaders pile up on the nodes
+    /// that stayed up through a restart, and one node does all the write work.
+    async fn rebalance_forever(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(REBALANCE_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        while !self.is_draining() {
+            tick.tick().await;
+            for g in self.groups.values() {
+                let to = self.designated(g.id);
+                if to == self.id() || !g.is_leader() {
+                    continue;
+                }
+                let m = g.metrics();
+                let caught_up = m
+                    .replication
+                    .as_ref()
+                    .and_then(|r| r.get(&to).copied().flatten())
+                    .is_some_and(|matched| Some(matched.index) == m.last_log_index);
+                let seen = self.peers.seen(to);
+                let healthy = seen
+                    .ok
+                    .is_some_and(|t| t.elapsed() < Duration::from_secs(2))
+                    && seen.failed.is_none_or(|f| seen.ok.is_some_and(|o| o > f));
+                if caught_up && healthy {
+                    tracing::info!(
+                        group = g.id,
+                        to,
+                        "handing leadership back to its designated node"
+                    );
+                    if let Err(e) = g.raft.trigger().transfer_leader(to).await {
+                        tracing::warn!(group = g.id, error = %e, "leader transfer");
+                    }
+                }
+            }
+        }
     }
 
     /// Fetches, from a peer, the raw log segments a snapshot install left out.

@@ -11,7 +11,7 @@ use adclick_proto::model::{sort_top, AdCount, MinuteRange};
 use adclick_proto::wire;
 use futures::future::try_join_all;
 
-use crate::error::{Error, Result};
+use crate::error::{blocking, Error, Result};
 use crate::group::Group;
 use crate::node::{now_ms, Node};
 
@@ -102,16 +102,4 @@ async fn prepare(
         }
     }
     Ok(())
-}
-
-/// Runs a state-machine read on the blocking pool.
-async fn blocking<T, F>(f: F) -> Result<T>
-where
-    F: FnOnce() -> adclick_storage::Result<T> + Send + 'static,
-    T: Send + 'static,
-{
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| Error::Internal(format!("query task failed: {e}")))?
-        .map_err(Error::from)
 }
