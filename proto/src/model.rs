@@ -150,6 +150,12 @@ impl fmt::Display for EventId {
     }
 }
 
+/// The shard key of an ad id's bytes, `xxh3_64(ad_id)`, valid or not: a server can route a
+/// click before validating it (the group's leader validates it).
+pub fn shard_key(ad_id: &[u8]) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(ad_id)
+}
+
 /// Identifier of an ad: 1 to 64 bytes of `[A-Za-z0-9_.:-]`.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct AdId(Bytes);
@@ -185,7 +191,7 @@ impl AdId {
 
     /// The shard key: `xxh3_64(ad_id)`. One ad always lands in one Raft group.
     pub fn shard_key(&self) -> u64 {
-        xxhash_rust::xxh3::xxh3_64(&self.0)
+        shard_key(&self.0)
     }
 }
 

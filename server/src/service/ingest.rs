@@ -1,6 +1,8 @@
-//! The write path: validate a batch, split it by shard, propose one Raft entry per group
-//! (on this node when it leads the group, else forwarded once to the leader), and answer
-//! every click with the outcome its group's apply decided.
+//! The write path: split a batch by shard, propose one Raft entry per group (on this node
+//! when it leads the group, else forwarded once, untouched, to the leader), and answer
+//! every click with the outcome its group's apply decided. The proposing node validates
+//! each click on its own: an invalid one is answered REJECTED/INVALID and never reaches the
+//! log, the rest of the batch goes on.
 //!
 //! A batch is admitted only if the node's in-flight click budget has room (backpressure:
 //! RESOURCE_EXHAUSTED with a retry hint instead of an unbounded queue). The request fails
@@ -11,7 +13,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use adclick_proto::model::{Click, InvalidInput, Outcome};
+use adclick_proto::model::{shard_key, Click, Outcome, Tally};
 use adclick_proto::wire::{self, grpc::IngestClient};
 use adclick_storage::types::{Command, CommandResponse, IngestBatch};
 use futures::future::try_join_all;
@@ -19,7 +21,7 @@ use tokio::sync::Semaphore;
 
 use crate::error::{Error, Result};
 use crate::group::{Group, Proposal};
-use crate::node::{now_ms, Node};
+use crate::node::{group_of_key, now_ms, Node};
 
 /// How long a batch may wait for room in the in-flight budget before it is refused.
 const ADMISSION_WAIT: Duration = Duration::from_millis(500);
@@ -48,50 +50,47 @@ pub async fn ingest(
     };
     let _permit = admit(budget, n).await?;
 
-    // Validate each click on its own; group the valid ones by shard, keeping positions.
-    let mut results: Vec<Option<Result<Outcome, InvalidInput>>> = Vec::with_capacity(n);
-    let mut parts: BTreeMap<u64, (Vec<usize>, Vec<Click>)> = BTreeMap::new();
+    // Route each click by its ad id as sent (valid or not): the node that proposes a
+    // group's part validates it, so a forwarded part travels exactly as the client sent it.
+    let groups = node.config.groups;
+    let mut parts: BTreeMap<u64, (Vec<usize>, Vec<wire::Click>)> = BTreeMap::new();
     for (i, w) in clicks.into_iter().enumerate() {
-        match Click::try_from(w) {
-            Ok(c) => {
-                let g = node.group_of(&c.ad_id).id;
-                let part = parts.entry(g).or_default();
-                part.0.push(i);
-                part.1.push(c);
-                results.push(None);
-            }
-            Err(e) => results.push(Some(Err(e))),
-        }
+        let g = group_of_key(shard_key(w.ad_id.as_bytes()), groups);
+        let part = parts.entry(g).or_default();
+        part.0.push(i);
+        part.1.push(w);
     }
     let answers = try_join_all(parts.into_iter().map(|(g, (positions, clicks))| {
         let node = Arc::clone(node);
         async move {
             let group = node.group(g)?.clone();
-            let outcomes = write_part(&node, &group, clicks, forwarded).await?;
-            Ok::<_, Error>((positions, outcomes))
+            let results = write_part(&node, &group, clicks, forwarded).await?;
+            Ok::<_, Error>((positions, results))
         }
     }))
     .await?;
-    for (positions, outcomes) in answers {
-        if outcomes.len() != positions.len() {
+    let mut results = vec![wire::EventResult::default(); n];
+    let mut tally = Tally::default();
+    for (positions, part) in answers {
+        if part.len() != positions.len() {
             return Err(Error::Internal(format!(
-                "a group answered {} outcomes for {} clicks",
-                outcomes.len(),
+                "a group answered {} results for {} clicks",
+                part.len(),
                 positions.len()
             )));
         }
-        for (i, o) in positions.into_iter().zip(outcomes) {
-            results[i] = Some(Ok(o));
+        for (i, r) in positions.into_iter().zip(part) {
+            let outcome = Outcome::try_from(&r)
+                .map_err(|e| Error::Internal(format!("a group sent a bad result: {e}")))?;
+            tally.add(outcome);
+            results[i] = r;
         }
     }
-    let resp = adclick_proto::convert::ingest_response(results.into_iter().map(|r| {
-        // Every position was filled: invalid clicks above, valid ones by their group.
-        r.unwrap_or(Err(InvalidInput::Missing { field: "outcome" }))
-    }));
-    if let Some(t) = &resp.tally {
-        node.metrics.record_tally(&(*t).into());
-    }
-    Ok(resp)
+    node.metrics.record_tally(&tally);
+    Ok(wire::IngestResponse {
+        results,
+        tally: Some(tally.into()),
+    })
 }
 
 /// Takes room for `n` clicks from `budget`, waiting briefly.
@@ -107,13 +106,15 @@ async fn admit(budget: &Arc<Semaphore>, n: usize) -> Result<tokio::sync::OwnedSe
     }
 }
 
-/// Writes one group's part of a batch and returns its outcomes, in order.
+/// Writes one group's part of a batch and returns its results, in order: proposed here
+/// when this node leads the group (validating each click; invalid ones are answered
+/// without reaching the log), else forwarded once, as sent, to the leader.
 async fn write_part(
     node: &Node,
     group: &Group,
-    clicks: Vec<Click>,
+    clicks: Vec<wire::Click>,
     forwarded: bool,
-) -> Result<Vec<Outcome>> {
+) -> Result<Vec<wire::EventResult>> {
     let leader = if group.is_leader() {
         None
     } else {
@@ -121,26 +122,7 @@ async fn write_part(
     };
     let leader = match leader {
         Some(l) if l.node_id != node.id() => l,
-        _ => {
-            // This node leads (or just became leader): propose here. Should it have lost
-            // the leadership meanwhile, the batch was not appended and the client retries.
-            let cmd = Command::Ingest(IngestBatch {
-                proposed_at_ms: now_ms(),
-                clicks,
-            });
-            return match group.propose(cmd, node.request_timeout()).await? {
-                Proposal::Applied(CommandResponse::Ingest(outcomes)) => Ok(outcomes),
-                Proposal::Applied(other) => Err(Error::Internal(format!(
-                    "group {} answered an ingest with {other:?}",
-                    group.id
-                ))),
-                Proposal::NotLeader(leader) => Err(Error::NotLeader {
-                    node: node.id(),
-                    group: group.id,
-                    leader,
-                }),
-            };
-        }
+        _ => return propose_part(node, group, clicks).await,
     };
     if forwarded {
         return Err(Error::NotLeader {
@@ -150,20 +132,75 @@ async fn write_part(
         });
     }
     let mut client = IngestClient::new(node.peers.channel(leader.node_id, &leader.addr));
-    let req = node.forwarded(wire::IngestRequest {
-        clicks: clicks.iter().map(wire::Click::from).collect(),
-    });
+    let req = node.forwarded(wire::IngestRequest { clicks });
     let resp = client
         .ingest(req)
         .await
         .map_err(|s| Error::from_status(&s))?
         .into_inner();
-    resp.results
-        .iter()
-        .map(|r| {
-            Outcome::try_from(r).map_err(|e| {
-                Error::Internal(format!("leader {} sent a bad result: {e}", leader.node_id))
-            })
+    Ok(resp.results)
+}
+
+/// Validates a part and proposes its valid clicks as one entry on this node, the group's
+/// leader. Should it have lost the leadership meanwhile, nothing was appended and the
+/// client retries.
+async fn propose_part(
+    node: &Node,
+    group: &Group,
+    clicks: Vec<wire::Click>,
+) -> Result<Vec<wire::EventResult>> {
+    let mut results: Vec<Option<wire::EventResult>> = Vec::with_capacity(clicks.len());
+    let mut valid = Vec::with_capacity(clicks.len());
+    for w in clicks {
+        match Click::try_from(w) {
+            Ok(c) => {
+                valid.push(c);
+                results.push(None);
+            }
+            Err(e) => results.push(Some(wire::EventResult::from(&e))),
+        }
+    }
+    let expected = valid.len();
+    let outcomes = if valid.is_empty() {
+        Vec::new()
+    } else {
+        let cmd = Command::Ingest(IngestBatch {
+            proposed_at_ms: now_ms(),
+            clicks: valid,
+        });
+        match group.propose(cmd, node.request_timeout()).await? {
+            Proposal::Applied(CommandResponse::Ingest(outcomes)) => outcomes,
+            Proposal::Applied(other) => {
+                return Err(Error::Internal(format!(
+                    "group {} answered an ingest with {other:?}",
+                    group.id
+                )))
+            }
+            Proposal::NotLeader(leader) => {
+                return Err(Error::NotLeader {
+                    node: node.id(),
+                    group: group.id,
+                    leader,
+                })
+            }
+        }
+    };
+    if outcomes.len() != expected {
+        return Err(Error::Internal(format!(
+            "group {} answered {} outcomes for {expected} clicks",
+            group.id,
+            outcomes.len()
+        )));
+    }
+    let mut outcomes = outcomes.into_iter();
+    results
+        .into_iter()
+        .map(|r| match r {
+            Some(rejected) => Ok(rejected),
+            None => outcomes
+                .next()
+                .map(wire::EventResult::from)
+                .ok_or_else(|| Error::Internal("outcomes ran out".into())),
         })
         .collect()
 }
