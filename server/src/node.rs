@@ -305,19 +305,44 @@ impl Node {
     }
 
     /// Makes a local read of `g` linearizable: the leader confirms its leadership and
-    /// names an index; this replica waits until it has applied it.
+    /// names an index; this replica waits until it has applied it. A leader that turns
+    /// out not to lead (an election just happened) is followed to the one it names, until
+    /// the request timeout.
     pub async fn read_barrier(&self, g: &Group) -> Result<()> {
-        let timeout = self.request_timeout();
-        if g.is_leader() {
-            if let Ok(index) = g.read_index(timeout).await? {
-                return g.wait_applied(index, timeout).await;
+        let deadline = tokio::time::Instant::now() + self.request_timeout();
+        let mut hint = None;
+        let mut pause = Duration::from_millis(10);
+        loop {
+            match self.read_index_once(g, hint.take()).await {
+                Ok(index) => return g.wait_applied(index, self.request_timeout()).await,
+                Err(Error::NotLeader { leader, .. }) if tokio::time::Instant::now() < deadline => {
+                    hint = leader;
+                }
+                Err(Error::Unavailable(_)) if tokio::time::Instant::now() < deadline => {}
+                Err(e) => return Err(e),
             }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(200));
         }
-        let leader = self.await_leader(g).await?;
+    }
+
+    /// One attempt at a read index of `g`: locally when this node leads it, else from the
+    /// leader named by `hint` or known to this node.
+    async fn read_index_once(&self, g: &Group, hint: Option<LeaderHint>) -> Result<Option<u64>> {
+        let timeout = self.request_timeout();
+        let leader = match hint {
+            Some(h) => h,
+            None if g.is_leader() => self.me(),
+            None => self.await_leader(g).await?,
+        };
         if leader.node_id == self.id() {
             return match g.read_index(timeout).await? {
-                Ok(index) => g.wait_applied(index, timeout).await,
-                Err(_) => Err(no_leader(g.id)),
+                Ok(index) => Ok(index),
+                Err(hint) => Err(Error::NotLeader {
+                    node: self.id(),
+                    group: g.id,
+                    leader: hint,
+                }),
             };
         }
         let mut client = self.peers.raft_client(leader.node_id, &leader.addr);
@@ -326,13 +351,23 @@ impl Node {
             leader.node_id,
         );
         req.set_timeout(timeout);
-        let resp = client
-            .read_index(req)
-            .await
-            .map_err(|s| Error::from_status(&s))?
-            .into_inner();
-        g.wait_applied(resp.read_log_id.map(|l| l.index), timeout)
-            .await
+        match client.read_index(req).await {
+            Ok(resp) => Ok(resp.into_inner().read_log_id.map(|l| l.index)),
+            Err(s) if s.code() == tonic::Code::Unavailable => Err(Error::NotLeader {
+                node: leader.node_id,
+                group: g.id,
+                leader: adclick_proto::convert::leader_hint(&s),
+            }),
+            Err(s) => Err(Error::from_status(&s)),
+        }
+    }
+
+    /// This node as a leader hint.
+    fn me(&self) -> LeaderHint {
+        LeaderHint {
+            node_id: self.id(),
+            addr: self.config.advertised_addr().to_owned(),
+        }
     }
 
     /// Initializes group `g` with every configured member once all of them answer, if it

@@ -1,0 +1,95 @@
+//! Issue test 6: SIGTERM to a node (a data group leader, which clients are also sending
+//! batches to) while a client ingests continuously. The node must exit with status 0
+//! within the harness's bound, the group must elect another leader, writes must go on,
+//! and nothing acknowledged may be lost: every node's linearizable counts, including the
+//! stopped node's once restarted, equal the distinct acknowledged event ids per ad.
+
+use std::time::Duration;
+
+use adclick_tests::{now_ms, BackgroundIngest, ClickGen, Cluster, ClusterOptions, RetryPolicy};
+
+use crate::support::{check_counts, range_since, with_zeros, LIN};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_ingestion_exits_cleanly_and_loses_nothing_acknowledged() {
+    let mut cluster = Cluster::start(ClusterOptions::default())
+        .await
+        .expect("cluster starts");
+    let t0 = now_ms();
+    let gen = ClickGen::new(20, 6);
+    let ads = gen.ads();
+    let group = 1;
+    let victim = cluster
+        .leader_of(group)
+        .await
+        .expect("ClusterStatus answers")
+        .expect("group 1 has a leader");
+    // Batches rotate over every node, the victim included.
+    let mut order = vec![victim];
+    order.extend(cluster.ids().into_iter().filter(|&n| n != victim));
+    let bg = BackgroundIngest::start(
+        order.iter().map(|&n| cluster.ingest(n)).collect(),
+        gen,
+        50,
+        RetryPolicy::default(),
+        Duration::from_millis(5),
+    );
+    bg.wait_acked_more(20, Duration::from_secs(30))
+        .await
+        .expect("ingestion runs");
+
+    let status = cluster
+        .stop(victim)
+        .await
+        .expect("the node exits after SIGTERM within the bound");
+    assert_eq!(status.code(), Some(0), "node {victim} exited with {status}");
+    cluster
+        .wait_leader(group, Some(victim), Duration::from_secs(15))
+        .await
+        .expect("the group elects another leader");
+    bg.wait_acked_more(20, Duration::from_secs(30))
+        .await
+        .expect("writes go on without the stopped node");
+
+    let mut ledger = bg.stop().await.expect("the ingest task ends cleanly");
+    let mut survivors: Vec<_> = cluster
+        .live_ids()
+        .iter()
+        .map(|&n| cluster.ingest(n))
+        .collect();
+    ledger
+        .settle(&mut survivors, &RetryPolicy::default())
+        .await
+        .expect("batches that gave up are answered when resent");
+    println!(
+        "ledger: {} batches answered, {} gave up once, {} retries, {} distinct acked; \
+         first errors: {:#?}; retried because: {:#?}",
+        ledger.acked_batches,
+        ledger.failed_batches,
+        ledger.retries,
+        ledger.acked(),
+        ledger.errors,
+        ledger.retry_reasons
+    );
+    assert_eq!(
+        (ledger.late, ledger.rejected),
+        (0, 0),
+        "fresh clicks are never late or rejected"
+    );
+    let acked = with_zeros(&ads, &ledger.acked_per_ad());
+    let range = range_since(t0);
+    for node in cluster.live_ids() {
+        check_counts(&cluster, node, &acked, range, "", LIN)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    cluster.restart(victim).expect("restart the stopped node");
+    cluster
+        .wait_ready(Duration::from_secs(30))
+        .await
+        .expect("the node is ready again");
+    check_counts(&cluster, victim, &acked, range, "", LIN)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+}
