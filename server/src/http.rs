@@ -31,12 +31,16 @@
 //! whose values break a rule (a bad `ip`, `ad_id` or `timestamp` text, ...) is answered
 //! `rejected` / `invalid` in its result and the rest of the batch is ingested, as over
 //! gRPC. The answer has the tally and one result per click, in request order. A body over
-//! [`MAX_BODY_BYTES`] is a 413, more than `max_batch_clicks` clicks a 400.
+//! [`body_limit`] (`max_batch_clicks` × [`CLICK_BODY_BYTES`] + [`BODY_SLACK_BYTES`], at
+//! most [`MAX_BODY_BYTES`]) is a 413; more than `max_batch_clicks` clicks a 400, found
+//! while parsing: the body is read click by click and refused at the first click past the
+//! limit, so a request never holds more than `max_batch_clicks` parsed clicks.
 //!
 //! Retryable errors carry their hints: 429 has `Retry-After` (seconds, rounded up) and
 //! `x-adclick-retry-after-ms`, with `retry_after_ms` in the body; a not-leader 503 has
 //! `x-adclick-leader` and `"leader": {"node_id", "addr"}` (a gRPC address) when known.
 
+use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::future::Future;
@@ -65,8 +69,30 @@ use crate::metrics::Op;
 use crate::node::Node;
 use crate::service::{ingest, query};
 
-/// The largest `POST /clicks` body: 32 MiB. A larger one is refused with 413.
+/// The largest `POST /clicks` body whatever the batch limit: 32 MiB. A larger one is
+/// refused with 413.
 pub const MAX_BODY_BYTES: usize = 32 << 20;
+
+/// The body bytes allowed per click of the batch limit: 2 KiB. The largest valid click
+/// written compactly (64-byte `event_id` and `ad_id`, 128-byte `user_id`, 64-byte
+/// `country`, 45-byte `ip`, an RFC 3339 `timestamp`, the keys and punctuation) is about
+/// 500 bytes, so this leaves 4× room for whitespace and escapes.
+pub const CLICK_BODY_BYTES: usize = 2 << 10;
+
+/// The body bytes allowed on top of the per-click allowance (the array brackets, leading
+/// whitespace, a byte-order mark, ...): 64 KiB.
+pub const BODY_SLACK_BYTES: usize = 64 << 10;
+
+/// The largest `POST /clicks` body for a batch limit of `max_batch_clicks`:
+/// `max_batch_clicks` × [`CLICK_BODY_BYTES`] + [`BODY_SLACK_BYTES`], at most
+/// [`MAX_BODY_BYTES`]. A body of `max_batch_clicks` real clicks always fits; a body far
+/// larger than any valid batch is refused before it is read whole.
+pub fn body_limit(max_batch_clicks: usize) -> usize {
+    max_batch_clicks
+        .saturating_mul(CLICK_BODY_BYTES)
+        .saturating_add(BODY_SLACK_BYTES)
+        .min(MAX_BODY_BYTES)
+}
 
 /// The parameters `GET /ads/{ad_id}/aggregated_count` takes.
 const COUNT_PARAMS: &[&str] = &["window", "from", "to", "filter", "consistency"];
@@ -75,6 +101,7 @@ const TOP_PARAMS: &[&str] = &["count", "window", "from", "to", "filter", "consis
 
 /// The HTTP routes of `node`.
 pub fn router(node: Arc<Node>) -> Router {
+    let body_limit = body_limit(node.config.max_batch_clicks);
     json_errors(
         Router::new()
             .route("/healthz", get(healthz))
@@ -83,7 +110,7 @@ pub fn router(node: Arc<Node>) -> Router {
             .route("/ads/{ad_id}/aggregated_count", get(aggregated_count))
             .route(
                 "/clicks",
-                post(clicks).layer(DefaultBodyLimit::max(MAX_BODY_BYTES)),
+                post(clicks).layer(DefaultBodyLimit::max(body_limit)),
             ),
     )
     .with_state(node)
@@ -253,18 +280,11 @@ async fn clicks(
     body: std::result::Result<Bytes, BytesRejection>,
 ) -> Response {
     serve(&node, Op::Ingest, async {
-        let body = body.map_err(body_error)?;
-        let parsed = parse_clicks(&body, is_ndjson(&headers))?;
-        // The batch limit counts every click of the request, as over gRPC, including
-        // those answered here.
         let limit = node.config.max_batch_clicks;
-        if parsed.len() > limit {
-            return Err(Error::InvalidArgument(format!(
-                "a batch holds at most {limit} clicks; this one has {}: split it",
-                parsed.len()
-            ))
-            .into());
-        }
+        let body = body.map_err(|r| body_error(r, body_limit(limit)))?;
+        // The batch limit counts every click of the request, as over gRPC, including
+        // those answered here; parsing stops at the first click past it.
+        let parsed = parse_clicks(&body, is_ndjson(&headers), limit)?;
         // Clicks whose values break a rule are answered here, like the gRPC edge check
         // would, but naming the HTTP field; the rest go to the shared ingest path.
         let mut results: Vec<Option<ResultJson>> = Vec::with_capacity(parsed.len());
@@ -482,14 +502,15 @@ fn error_response(e: &Error) -> Response {
     (status, headers, Json(serde_json::Value::Object(body))).into_response()
 }
 
-/// An unreadable body: 413 over the route's limit ([`MAX_BODY_BYTES`]), else 400.
-fn body_error(r: BytesRejection) -> Failure {
+/// An unreadable body: 413 over the route's limit (`limit` bytes, [`body_limit`]), else
+/// 400.
+fn body_error(r: BytesRejection, limit: usize) -> Failure {
     if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
         Failure::Http(
             StatusCode::PAYLOAD_TOO_LARGE,
             format!(
-                "the body is larger than the limit of {} MiB; send fewer clicks per request",
-                MAX_BODY_BYTES >> 20
+                "the body is larger than the limit of {}; send fewer clicks per request",
+                byte_size(limit)
             ),
         )
     } else {
@@ -497,6 +518,17 @@ fn body_error(r: BytesRejection) -> Failure {
             "could not read the body: {}",
             r.body_text()
         )))
+    }
+}
+
+/// `n` bytes in the largest whole unit: `32 MiB`, `20064 KiB`, `16 bytes`.
+fn byte_size(n: usize) -> String {
+    if n >= 1 << 20 && n.is_multiple_of(1 << 20) {
+        format!("{} MiB", n >> 20)
+    } else if n >= 1 << 10 && n.is_multiple_of(1 << 10) {
+        format!("{} KiB", n >> 10)
+    } else {
+        format!("{n} bytes")
     }
 }
 
@@ -661,16 +693,18 @@ type ParsedClick = std::result::Result<wire::Click, InvalidInput>;
 
 /// Parses an ingest body: NDJSON if `ndjson` or if the first non-blank byte is `{`, a JSON
 /// array if it is `[`. A body not in the click shape is an error naming the line (NDJSON)
-/// or element (array, from 1).
-fn parse_clicks(body: &[u8], ndjson: bool) -> Result<Vec<ParsedClick>> {
+/// or element (array, from 1). A body of more than `max` clicks is refused
+/// ([`too_many_clicks`]) as soon as click `max + 1` starts, without parsing it or
+/// anything after it.
+fn parse_clicks(body: &[u8], ndjson: bool, max: usize) -> Result<Vec<ParsedClick>> {
     let body = body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body);
     let first = body.iter().find(|b| !b.is_ascii_whitespace());
     if ndjson {
-        return parse_ndjson(body);
+        return parse_ndjson(body, max);
     }
     match first {
-        Some(b'[') => parse_array(body),
-        Some(b'{') => parse_ndjson(body),
+        Some(b'[') => parse_array(body, max),
+        Some(b'{') => parse_ndjson(body, max),
         Some(_) => Err(Error::InvalidArgument(
             "the body must be a JSON array of click objects or NDJSON (one click object \
              per line)"
@@ -682,11 +716,21 @@ fn parse_clicks(body: &[u8], ndjson: bool) -> Result<Vec<ParsedClick>> {
     }
 }
 
-fn parse_ndjson(body: &[u8]) -> Result<Vec<ParsedClick>> {
+/// The answer to a body of more than `max` clicks, as over gRPC.
+fn too_many_clicks(max: usize) -> Error {
+    Error::InvalidArgument(format!(
+        "a batch holds at most {max} clicks; this one has more: split it"
+    ))
+}
+
+fn parse_ndjson(body: &[u8], max: usize) -> Result<Vec<ParsedClick>> {
     let mut clicks = Vec::new();
     for (i, line) in body.split(|&b| b == b'\n').enumerate() {
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
+        }
+        if clicks.len() == max {
+            return Err(too_many_clicks(max));
         }
         let ClickObject(click) = serde_json::from_slice(line).map_err(|e| {
             let (message, _, column) = without_position(&e);
@@ -702,16 +746,24 @@ fn parse_ndjson(body: &[u8]) -> Result<Vec<ParsedClick>> {
     Ok(clicks)
 }
 
-fn parse_array(body: &[u8]) -> Result<Vec<ParsedClick>> {
-    let ClickArray(clicks) = serde_json::from_slice(body).map_err(|e| {
-        let (message, line, column) = without_position(&e);
-        let at = if line > 0 {
-            format!(" (line {line}, column {column})")
-        } else {
-            String::new()
-        };
-        Error::InvalidArgument(format!("{message}{at}"))
-    })?;
+fn parse_array(body: &[u8], max: usize) -> Result<Vec<ParsedClick>> {
+    let over = Cell::new(false);
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let clicks = de
+        .deserialize_seq(ClickArray { max, over: &over })
+        .and_then(|clicks| de.end().map(|()| clicks))
+        .map_err(|e| {
+            if over.get() {
+                return too_many_clicks(max);
+            }
+            let (message, line, column) = without_position(&e);
+            let at = if line > 0 {
+                format!(" (line {line}, column {column})")
+            } else {
+                String::new()
+            };
+            Error::InvalidArgument(format!("{message}{at}"))
+        })?;
     Ok(clicks.into_iter().map(ClickJson::into_wire).collect())
 }
 
@@ -811,41 +863,60 @@ impl<'de> Deserialize<'de> for Timestamp {
     }
 }
 
-/// A JSON array of clicks whose errors name the element (from 1).
-struct ClickArray(Vec<ClickJson>);
+/// Visits a JSON array of clicks, whose errors name the element (from 1), taking at most
+/// `max` of them: at element `max + 1` it sets `over` and fails before reading the element.
+struct ClickArray<'a> {
+    max: usize,
+    over: &'a Cell<bool>,
+}
 
-impl<'de> Deserialize<'de> for ClickArray {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = ClickArray;
+impl<'de> Visitor<'de> for ClickArray<'_> {
+    type Value = Vec<ClickJson>;
 
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a JSON array of click objects")
-            }
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON array of click objects")
+    }
 
-            fn visit_seq<A: SeqAccess<'de>>(
-                self,
-                mut seq: A,
-            ) -> std::result::Result<ClickArray, A::Error> {
-                let mut clicks = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
-                loop {
-                    let n = clicks.len() + 1;
-                    match seq.next_element::<ClickObject>() {
-                        Ok(Some(ClickObject(c))) => clicks.push(c),
-                        Ok(None) => return Ok(ClickArray(clicks)),
-                        // The inner error's text carries its position; the outer one gets
-                        // the position again from serde_json, so keep only the message.
-                        Err(e) => {
-                            let text = e.to_string();
-                            let text = text.rsplit_once(" at line ").map_or(&*text, |(m, _)| m);
-                            return Err(de::Error::custom(format!("element {n}: {text}")));
-                        }
-                    }
+    fn visit_seq<A: SeqAccess<'de>>(
+        self,
+        mut seq: A,
+    ) -> std::result::Result<Vec<ClickJson>, A::Error> {
+        let cap = seq.size_hint().unwrap_or(0).min(self.max).min(4096);
+        let mut clicks = Vec::with_capacity(cap);
+        loop {
+            let n = clicks.len() + 1;
+            let next = if clicks.len() == self.max {
+                // Another element is one too many: refuse it without reading it.
+                seq.next_element_seed(OverLimit(self.over)).map(|_| None)
+            } else {
+                seq.next_element::<ClickObject>()
+            };
+            match next {
+                Ok(Some(ClickObject(c))) => clicks.push(c),
+                Ok(None) => return Ok(clicks),
+                Err(e) if self.over.get() => return Err(e),
+                // The inner error's text carries its position; the outer one gets the
+                // position again from serde_json, so keep only the message.
+                Err(e) => {
+                    let text = e.to_string();
+                    let text = text.rsplit_once(" at line ").map_or(&*text, |(m, _)| m);
+                    return Err(de::Error::custom(format!("element {n}: {text}")));
                 }
             }
         }
-        d.deserialize_seq(V)
+    }
+}
+
+/// The seed of an array element past the batch limit: sets the flag and fails without
+/// reading the element.
+struct OverLimit<'a>(&'a Cell<bool>);
+
+impl<'de> de::DeserializeSeed<'de> for OverLimit<'_> {
+    type Value = de::IgnoredAny;
+
+    fn deserialize<D: Deserializer<'de>>(self, _: D) -> std::result::Result<Self::Value, D::Error> {
+        self.0.set(true);
+        Err(de::Error::custom("too many clicks"))
     }
 }
 
@@ -1005,6 +1076,9 @@ mod tests {
         assert!(empty_is_absent.is_ok(), "{empty_is_absent:?}");
     }
 
+    /// A batch limit the tests' bodies stay under.
+    const MAX: usize = 100;
+
     fn click_line(id: &str, ts: &str) -> String {
         format!(
             r#"{{"event_id":"{id}","ad_id":"ad001","timestamp":{ts},"user_id":"u","ip":"1.2.3.4","country":"USA"}}"#
@@ -1025,7 +1099,7 @@ mod tests {
             click_line("e-1", "1720483201000"),
             click_line("e-2", "\"2024-07-09T00:00:01Z\"")
         );
-        let clicks = ok_clicks(parse_clicks(body.as_bytes(), false));
+        let clicks = ok_clicks(parse_clicks(body.as_bytes(), false, MAX));
         assert_eq!(clicks.len(), 2);
         assert_eq!(&clicks[0].event_id[..], b"e-1");
         assert_eq!(clicks[0].event_time_ms, 1_720_483_201_000);
@@ -1038,7 +1112,7 @@ mod tests {
             (clicks[0].user_id.as_str(), clicks[0].country.as_str()),
             ("u", "USA")
         );
-        assert!(ok_clicks(parse_clicks(b"[]", false)).is_empty());
+        assert!(ok_clicks(parse_clicks(b"[]", false, MAX)).is_empty());
     }
 
     #[test]
@@ -1048,12 +1122,12 @@ mod tests {
             click_line("e-1", "1720483201000"),
             click_line("e-2", "\"1720483201000\"")
         );
-        let clicks = ok_clicks(parse_clicks(body.as_bytes(), false));
+        let clicks = ok_clicks(parse_clicks(body.as_bytes(), false, MAX));
         assert_eq!(clicks.len(), 2);
         assert_eq!(clicks[1].event_time_ms, 1_720_483_201_000);
-        assert_eq!(ok_clicks(parse_clicks(body.as_bytes(), true)).len(), 2);
+        assert_eq!(ok_clicks(parse_clicks(body.as_bytes(), true, MAX)).len(), 2);
         // With an NDJSON content type an array is one (bad) line, not a batch.
-        let err = message(parse_clicks(b"[]", true));
+        let err = message(parse_clicks(b"[]", true, MAX));
         assert!(
             err.starts_with("line 1: invalid type: sequence, expected a click object"),
             "{err}"
@@ -1076,7 +1150,7 @@ mod tests {
     #[test]
     fn optional_fields_default_to_empty() {
         let line = br#"{"event_id":"e","ad_id":"a","timestamp":1,"ip":"::1","user_id":null}"#;
-        let clicks = ok_clicks(parse_clicks(line, false));
+        let clicks = ok_clicks(parse_clicks(line, false, MAX));
         assert_eq!(
             (clicks[0].user_id.as_str(), clicks[0].country.as_str()),
             ("", "")
@@ -1090,16 +1164,16 @@ mod tests {
             "{good}\n\n{}\n",
             r#"{"event_id":"e-2","ad_id":"a","timestamp":1}"#
         );
-        let err = message(parse_clicks(body.as_bytes(), false));
+        let err = message(parse_clicks(body.as_bytes(), false, MAX));
         assert_eq!(err, "line 3: missing field `ip` (column 44)");
         let body = format!("{good}\n{{\"event_id\": \n");
-        let err = message(parse_clicks(body.as_bytes(), false));
+        let err = message(parse_clicks(body.as_bytes(), false, MAX));
         assert!(err.starts_with("line 2: EOF while parsing"), "{err}");
         let body = format!("{good}\n{}", good.replace("\"ip\"", "\"ipaddr\""));
-        let err = message(parse_clicks(body.as_bytes(), false));
+        let err = message(parse_clicks(body.as_bytes(), false, MAX));
         assert!(err.starts_with("line 2: unknown field `ipaddr`"), "{err}");
         let body = format!("{good}\n{}", good.replace("\"ad001\"", "7"));
-        let err = message(parse_clicks(body.as_bytes(), false));
+        let err = message(parse_clicks(body.as_bytes(), false, MAX));
         assert!(
             err.starts_with("line 2: invalid type: integer `7`, expected a string"),
             "{err}"
@@ -1113,18 +1187,18 @@ mod tests {
             "[{good},\n {good},\n {}]",
             r#"{"event_id":"e","ad_id":"a","ip":"::1"}"#
         );
-        let err = message(parse_clicks(body.as_bytes(), false));
+        let err = message(parse_clicks(body.as_bytes(), false, MAX));
         assert!(
             err.starts_with("element 3: missing field `timestamp` (line 3"),
             "{err}"
         );
-        let err = message(parse_clicks(format!("[{good}, 5]").as_bytes(), false));
+        let err = message(parse_clicks(format!("[{good}, 5]").as_bytes(), false, MAX));
         assert!(
             err.starts_with("element 2: invalid type: integer `5`, expected a click object"),
             "{err}"
         );
         let body = format!("[{good}, {}]", good.replace(":1,", ":1.5,"));
-        let err = message(parse_clicks(body.as_bytes(), false));
+        let err = message(parse_clicks(body.as_bytes(), false, MAX));
         assert!(
             err.contains("element 2: invalid type: floating point"),
             "{err}"
@@ -1133,19 +1207,80 @@ mod tests {
             err.contains("epoch milliseconds (an integer) or an RFC 3339"),
             "{err}"
         );
-        let err = message(parse_clicks(format!("[{good}").as_bytes(), false));
+        let err = message(parse_clicks(format!("[{good}").as_bytes(), false, MAX));
         assert!(err.contains("EOF while parsing"), "{err}");
-        let err = message(parse_clicks(format!("[{good}] x").as_bytes(), false));
+        let err = message(parse_clicks(format!("[{good}] x").as_bytes(), false, MAX));
         assert!(err.starts_with("trailing characters"), "{err}");
     }
 
     #[test]
+    fn a_body_over_the_batch_limit_is_refused_at_the_first_click_past_it() {
+        let c = click_line("e", "1");
+        let limit = "a batch holds at most 3 clicks; this one has more: split it";
+        // At the limit both forms parse.
+        let array = format!("[{c},{c},\n{c}]");
+        assert_eq!(ok_clicks(parse_clicks(array.as_bytes(), false, 3)).len(), 3);
+        let ndjson = format!("{c}\n\n{c}\n  \n{c}\n\n");
+        assert_eq!(
+            ok_clicks(parse_clicks(ndjson.as_bytes(), false, 3)).len(),
+            3
+        );
+        assert_eq!(ok_clicks(parse_clicks(ndjson.as_bytes(), true, 3)).len(), 3);
+        // One more is refused with the gRPC rule's message.
+        let array = format!("[{c},{c},{c},{c}]");
+        assert_eq!(message(parse_clicks(array.as_bytes(), false, 3)), limit);
+        let ndjson = format!("{c}\n{c}\n\n{c}\n{c}\n");
+        assert_eq!(message(parse_clicks(ndjson.as_bytes(), false, 3)), limit);
+        assert_eq!(message(parse_clicks(ndjson.as_bytes(), true, 3)), limit);
+        // Parsing stops there: click 4 and whatever follows it are never read (they would
+        // be a shape error otherwise), so no more than 3 clicks are ever built.
+        let array = format!("[{c},{c},{c}, 5, {{\"event_id\": ");
+        assert_eq!(message(parse_clicks(array.as_bytes(), false, 3)), limit);
+        let array = format!("[{c},{c},{c},{}", "x".repeat(1 << 20));
+        assert_eq!(message(parse_clicks(array.as_bytes(), false, 3)), limit);
+        let ndjson = format!("{c}\n{c}\n{c}\nnot json\n{{\"event_id\": 7}}\n");
+        assert_eq!(message(parse_clicks(ndjson.as_bytes(), false, 3)), limit);
+        // Errors before the limit still name their element or line.
+        let array = format!("[{c}, 5, {c}, {c}]");
+        let err = message(parse_clicks(array.as_bytes(), false, 3));
+        assert!(err.starts_with("element 2: invalid type"), "{err}");
+        let ndjson = format!("{c}\nnot json\n{c}\n{c}\n");
+        let err = message(parse_clicks(ndjson.as_bytes(), false, 3));
+        assert!(err.starts_with("line 2: "), "{err}");
+        // A syntax error at the separator before click 4 is still a shape error.
+        let err = message(parse_clicks(format!("[{c},{c},{c},]").as_bytes(), false, 3));
+        assert!(err.starts_with("element 4: trailing comma"), "{err}");
+    }
+
+    #[test]
+    fn the_body_limit_follows_the_batch_limit() {
+        assert_eq!(body_limit(1), CLICK_BODY_BYTES + BODY_SLACK_BYTES);
+        assert_eq!(body_limit(10_000), 10_000 * 2048 + 65_536);
+        assert_eq!(body_limit(1_000_000), MAX_BODY_BYTES);
+        assert_eq!(body_limit(usize::MAX), MAX_BODY_BYTES);
+        // The largest valid click, written compactly, is well under its allowance.
+        let largest = serde_json::json!({
+            "event_id": "e".repeat(adclick_proto::model::MAX_EVENT_ID_LEN),
+            "ad_id": "a".repeat(adclick_proto::model::MAX_AD_ID_LEN),
+            "timestamp": "2024-07-09T00:00:01.123456789+00:00",
+            "ip": "f".repeat(adclick_proto::convert::MAX_IP_TEXT_LEN),
+            "user_id": "u".repeat(adclick_proto::model::MAX_USER_ID_LEN),
+            "country": "c".repeat(adclick_proto::model::MAX_COUNTRY_LEN),
+        })
+        .to_string();
+        assert!(largest.len() * 4 <= CLICK_BODY_BYTES, "{}", largest.len());
+        assert_eq!(byte_size(MAX_BODY_BYTES), "32 MiB");
+        assert_eq!(byte_size(body_limit(10_000)), "20064 KiB");
+        assert_eq!(byte_size(16), "16 bytes");
+    }
+
+    #[test]
     fn other_bodies_are_refused() {
-        assert!(message(parse_clicks(b"", false)).starts_with("the body is empty"));
-        assert!(message(parse_clicks(b" \n ", false)).starts_with("the body is empty"));
-        assert!(message(parse_clicks(b"ad001,1,2", false)).starts_with("the body must be"));
+        assert!(message(parse_clicks(b"", false, MAX)).starts_with("the body is empty"));
+        assert!(message(parse_clicks(b" \n ", false, MAX)).starts_with("the body is empty"));
+        assert!(message(parse_clicks(b"ad001,1,2", false, MAX)).starts_with("the body must be"));
         let bom = format!("\u{feff}[{}]", click_line("e", "1"));
-        assert_eq!(ok_clicks(parse_clicks(bom.as_bytes(), false)).len(), 1);
+        assert_eq!(ok_clicks(parse_clicks(bom.as_bytes(), false, MAX)).len(), 1);
     }
 
     #[test]
@@ -1156,7 +1291,7 @@ mod tests {
             click_line("e-2", "18446744073709551615"),
             click_line("e-3", "-5")
         );
-        let parsed = parse_clicks(body.as_bytes(), false).expect("shape is fine");
+        let parsed = parse_clicks(body.as_bytes(), false, MAX).expect("shape is fine");
         let e = parsed[0].clone().expect_err("bad timestamp text");
         assert!(e.to_string().starts_with("timestamp: \"yesterday\""), "{e}");
         let e = parsed[1].clone().expect_err("u64 out of range");
@@ -1220,7 +1355,7 @@ mod tests {
     /// A router with this module's error shell and extractors, without a node.
     fn shell() -> Router {
         async fn echo(body: std::result::Result<Bytes, BytesRejection>) -> Response {
-            match body.map_err(body_error) {
+            match body.map_err(|r| body_error(r, 16)) {
                 Ok(b) => Json(serde_json::json!({ "len": b.len() })).into_response(),
                 Err(Failure::Http(status, message)) => json_error(status, message),
                 Err(Failure::Op(e)) => error_response(&e),
@@ -1270,7 +1405,7 @@ mod tests {
         assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
         assert!(json["error"]
             .as_str()
-            .is_some_and(|e| e.starts_with("the body is larger")));
+            .is_some_and(|e| e.starts_with("the body is larger than the limit of 16 bytes")));
 
         let (status, _, json) = call(shell(), req("GET", "/q?window=5&count=%31", "")).await;
         assert_eq!(

@@ -57,8 +57,10 @@ impl std::fmt::Debug for Metrics {
 /// The operations timed and counted.
 #[derive(Debug, Clone, Copy)]
 pub enum Op {
-    /// An ingest request.
+    /// An ingest request from a client.
     Ingest,
+    /// A group's part of a batch, forwarded by the node that took the batch.
+    IngestForwarded,
     /// A count query.
     Count,
     /// A top query.
@@ -72,6 +74,7 @@ impl Op {
         OpLabel {
             op: match self {
                 Op::Ingest => "ingest",
+                Op::IngestForwarded => "ingest_forwarded",
                 Op::Count => "count",
                 Op::Top => "top",
                 Op::Admin => "admin",

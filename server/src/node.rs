@@ -16,7 +16,7 @@ use adclick_storage::log::{LogConfig, LogStore};
 use adclick_storage::sm::{open_db, SmOptions, StateMachine};
 use adclick_storage::types::{Command, FilterDef};
 use openraft::error::{InitializeError, RaftError};
-use openraft::BasicNode;
+use openraft::{BasicNode, ServerState};
 use tokio::sync::{Notify, Semaphore};
 
 use crate::config::Config;
@@ -35,6 +35,16 @@ pub const SHARD_MAP_VERSION: u64 = 1;
 
 /// How often a node checks whether to hand leaderships back (see `rebalance_forever`).
 const REBALANCE_EVERY: Duration = Duration::from_secs(5);
+/// Most entries a designated node may lag and still be handed its group back (openraft's
+/// transfer waits for the target to flush up to the leader's last entry anyway).
+const HANDBACK_MAX_LAG: u64 = 256;
+/// How long a designated node must have answered without a failure before it gets a group.
+const HANDBACK_CALM: Duration = Duration::from_secs(10);
+/// Least time between two hand-backs of one group.
+const HANDBACK_BACKOFF: Duration = Duration::from_secs(60);
+
+/// Queries a node runs at once; more wait briefly, then get RESOURCE_EXHAUSTED.
+pub const MAX_CONCURRENT_QUERIES: usize = 64;
 
 /// The node.
 pub struct Node {
@@ -50,7 +60,13 @@ pub struct Node {
     /// Clicks of requests forwarded by peers in flight; separate so that two nodes
     /// forwarding to each other can never hold each other's budget.
     pub forward_budget: Arc<Semaphore>,
+    /// Queries running at once (each may scan a group's counters on the blocking pool).
+    pub query_budget: Arc<Semaphore>,
+    /// FetchSegments streams this node serves at once (each holds a blocking thread).
+    pub fetch_budget: Arc<Semaphore>,
     draining: AtomicBool,
+    leaving: AtomicBool,
+    stopped: tokio::sync::watch::Sender<bool>,
     inflight: AtomicUsize,
     idle: Notify,
 }
@@ -164,7 +180,11 @@ impl Node {
             groups,
             client_budget,
             forward_budget,
+            query_budget: Arc::new(Semaphore::new(MAX_CONCURRENT_QUERIES)),
+            fetch_budget: Arc::new(Semaphore::new(2)),
             draining: AtomicBool::new(false),
+            leaving: AtomicBool::new(false),
+            stopped: tokio::sync::watch::channel(false).0,
             inflight: AtomicUsize::new(0),
             idle: Notify::new(),
         }))
@@ -239,6 +259,11 @@ impl Node {
         Ok(guard)
     }
 
+    /// Whether the node is stopping (it refuses to take leaderships from then on).
+    pub fn is_leaving(&self) -> bool {
+        self.leaving.load(Ordering::Acquire)
+    }
+
     /// Whether the node is draining.
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Acquire)
@@ -264,12 +289,74 @@ impl Node {
         }
     }
 
-    /// Stops every group (flushing their logs and state machines).
-    pub async fn shutdown(&self) {
+    /// Hands every group this node leads to its most caught-up follower and waits (at
+    /// most `limit`) for the new leaders, so that a planned stop costs writes no election
+    /// timeout: the rest of the cluster takes over while this node drains.
+    pub async fn hand_off_leadership(&self, limit: Duration) {
+        self.leaving.store(true, Ordering::Release);
+        let mut moving = Vec::new();
         for g in self.groups.values() {
-            if let Err(e) = g.raft.shutdown().await {
-                tracing::warn!(group = g.id, error = %e, "raft shutdown");
+            let m = g.metrics();
+            if m.state != ServerState::Leader {
+                continue;
             }
+            let mut followers: Vec<(u64, Option<u64>)> = m
+                .replication
+                .as_ref()
+                .map(|r| {
+                    r.iter()
+                        .filter(|(id, _)| **id != self.id())
+                        .map(|(id, matched)| (*id, matched.map(|l| l.index)))
+                        .collect()
+                })
+                .unwrap_or_default();
+            followers.sort_by_key(|f| std::cmp::Reverse(f.1));
+            // Only to a follower that is serving: when the whole cluster stops at once,
+            // handing groups around would only start elections among stopping nodes.
+            for (to, _) in followers {
+                if self.peer_serving(to).await {
+                    if g.raft.trigger().transfer_leader(to).await.is_ok() {
+                        moving.push((g, to));
+                    }
+                    break;
+                }
+            }
+        }
+        let waits = moving.into_iter().map(|(g, to)| async move {
+            let moved = g
+                .raft
+                .wait(Some(limit))
+                .metrics(
+                    |m| m.current_leader.is_some_and(|l| l != self.id()),
+                    "hand-off",
+                )
+                .await;
+            if moved.is_err() {
+                tracing::warn!(group = g.id, to, "leadership not handed off in {limit:?}");
+            }
+        });
+        futures::future::join_all(waits).await;
+    }
+
+    /// Stops every group (flushing their logs and state machines), each within `limit`,
+    /// then ends the peers' replication streams into this node.
+    pub async fn shutdown(&self, limit: Duration) {
+        let stops = self.groups.values().map(|g| async move {
+            match tokio::time::timeout(limit, g.raft.shutdown()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(group = g.id, error = %e, "raft shutdown"),
+                Err(_) => tracing::warn!(group = g.id, "raft did not stop within {limit:?}"),
+            }
+        });
+        futures::future::join_all(stops).await;
+        let _ = self.stopped.send(true);
+    }
+
+    /// Resolves once the node's groups are stopped (streams served to peers end then).
+    pub fn stopped(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut rx = self.stopped.subscribe();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
         }
     }
 
@@ -313,8 +400,19 @@ impl Node {
         let mut hint = None;
         let mut pause = Duration::from_millis(10);
         loop {
-            match self.read_index_once(g, hint.take()).await {
-                Ok(index) => return g.wait_applied(index, self.request_timeout()).await,
+            let attempt = tokio::time::timeout_at(deadline, self.read_index_once(g, hint.take()));
+            let Ok(attempt) = attempt.await else {
+                return Err(Error::Timeout(format!(
+                    "group {}: no read index within {:?}",
+                    g.id,
+                    self.request_timeout()
+                )));
+            };
+            match attempt {
+                Ok(index) => {
+                    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                    return g.wait_applied(index, left).await;
+                }
                 Err(Error::NotLeader { leader, .. }) if tokio::time::Instant::now() < deadline => {
                     hint = leader;
                 }
@@ -352,7 +450,15 @@ impl Node {
         );
         req.set_timeout(timeout);
         match client.read_index(req).await {
-            Ok(resp) => Ok(resp.into_inner().read_log_id.map(|l| l.index)),
+            // The leader always names an index; an answer without one cannot vouch for
+            // any state, so it is not taken as "nothing to wait for".
+            Ok(resp) => match resp.into_inner().read_log_id {
+                Some(l) => Ok(Some(l.index)),
+                None => Err(Error::Unavailable(format!(
+                    "node {} answered a read index without an index",
+                    leader.node_id
+                ))),
+            },
             Err(s) if s.code() == tonic::Code::Unavailable => Err(Error::NotLeader {
                 node: leader.node_id,
                 group: g.id,
@@ -418,6 +524,26 @@ impl Node {
         }
     }
 
+    /// Whether peer `id` answers its gRPC health check with SERVING now (a stopping node
+    /// answers NOT_SERVING).
+    async fn peer_serving(&self, id: u64) -> bool {
+        use tonic_health::pb::health_check_response::ServingStatus;
+        use tonic_health::pb::health_client::HealthClient;
+        use tonic_health::pb::HealthCheckRequest;
+        let Some(addr) = self.addr_of(id) else {
+            return false;
+        };
+        let mut client = HealthClient::new(self.peers.channel(id, addr));
+        let mut req = tonic::Request::new(HealthCheckRequest {
+            service: String::new(),
+        });
+        req.set_timeout(Duration::from_millis(500));
+        client
+            .check(req)
+            .await
+            .is_ok_and(|r| r.into_inner().status == ServingStatus::Serving as i32)
+    }
+
     /// The peers that do not answer a gRPC health check now.
     async fn unreachable_peers(&self) -> Vec<u64> {
         use tonic_health::pb::health_client::HealthClient;
@@ -454,37 +580,56 @@ impl Node {
     }
 
     async fn reconcile_filters(&self) -> Result<()> {
+        let led: Vec<&Arc<Group>> = self.data_groups().filter(|g| g.is_leader()).collect();
+        if led.is_empty() {
+            return Ok(());
+        }
+        // Both views must be current, not this replica's possibly stale state: a stale
+        // registry would drop a live filter (wiping its counts for good, as filters are
+        // not backfilled), a stale data group would re-propose what is already there.
+        // Only reconcilers write filters into data groups, and a leader's reconciler reads
+        // the registry after every entry an earlier leader's reconciler wrote, so with
+        // both barriers a pass never undoes a newer decision.
         let meta = self.group(META_GROUP)?;
+        self.read_barrier(meta).await?;
         let wanted: BTreeMap<String, String> = meta
             .reader
             .filters()?
             .into_iter()
             .map(|f| (f.name, f.expr))
             .collect();
-        for g in self.data_groups() {
-            if !g.is_leader() {
-                continue;
+        let passes = led.iter().map(|g| self.reconcile_group(g, &wanted));
+        let results = futures::future::join_all(passes).await;
+        for (g, r) in led.iter().zip(results) {
+            if let Err(e) = r {
+                tracing::debug!(group = g.id, error = %e, "filter reconciliation");
             }
-            let have: BTreeMap<String, String> = g
-                .reader
-                .filters()?
-                .into_iter()
-                .map(|f| (f.name, f.expr))
-                .collect();
-            for (name, expr) in &have {
-                if wanted.get(name) != Some(expr) {
-                    let cmd = Command::DropFilter { name: name.clone() };
-                    g.propose(cmd, self.request_timeout()).await?;
-                }
+        }
+        Ok(())
+    }
+
+    /// Brings one data group's filters (this node leads it) in line with `wanted`.
+    async fn reconcile_group(&self, g: &Group, wanted: &BTreeMap<String, String>) -> Result<()> {
+        self.read_barrier(g).await?;
+        let have: BTreeMap<String, String> = g
+            .reader
+            .filters()?
+            .into_iter()
+            .map(|f| (f.name, f.expr))
+            .collect();
+        for (name, expr) in &have {
+            if wanted.get(name) != Some(expr) {
+                let cmd = Command::DropFilter { name: name.clone() };
+                g.propose(cmd, self.request_timeout()).await?;
             }
-            for (name, expr) in &wanted {
-                if have.get(name) != Some(expr) {
-                    let cmd = Command::CreateFilter(FilterDef {
-                        name: name.clone(),
-                        expr: expr.clone(),
-                    });
-                    g.propose(cmd, self.request_timeout()).await?;
-                }
+        }
+        for (name, expr) in wanted {
+            if have.get(name) != Some(expr) {
+                let cmd = Command::CreateFilter(FilterDef {
+                    name: name.clone(),
+                    expr: expr.clone(),
+                });
+                g.propose(cmd, self.request_timeout()).await?;
             }
         }
         Ok(())
@@ -493,34 +638,50 @@ impl Node {
     /// Keeps leaderships spread: a node leading a group whose designated node is back and
     /// fully caught up hands the group to it. Without this, leaders pile up on the nodes
     /// that stayed up through a restart, and one node does all the write work.
+    ///
+    /// Guarded against flapping: the target must be within [`HANDBACK_MAX_LAG`] entries,
+    /// have answered this node recently with no failure for [`HANDBACK_CALM`], and a group
+    /// is handed back at most once per [`HANDBACK_BACKOFF`] (a target that cannot win,
+    /// e.g. with broken outbound links, costs one election timeout per backoff, not per
+    /// tick). A manual `TransferLeader` to another node is undone this way too, after the
+    /// backoff; this release has no pinning.
     async fn rebalance_forever(self: Arc<Self>) {
         let mut tick = tokio::time::interval(REBALANCE_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await;
+        let mut last_try: BTreeMap<u64, std::time::Instant> = BTreeMap::new();
         while !self.is_draining() {
             tick.tick().await;
             for g in self.groups.values() {
                 let to = self.designated(g.id);
-                if to == self.id() || !g.is_leader() {
+                if to == self.id() || !g.is_leader() || self.is_leaving() {
+                    continue;
+                }
+                if last_try
+                    .get(&g.id)
+                    .is_some_and(|t| t.elapsed() < HANDBACK_BACKOFF)
+                {
                     continue;
                 }
                 let m = g.metrics();
+                let last = m.last_log_index.unwrap_or(0);
                 let caught_up = m
                     .replication
                     .as_ref()
                     .and_then(|r| r.get(&to).copied().flatten())
-                    .is_some_and(|matched| Some(matched.index) == m.last_log_index);
+                    .is_some_and(|matched| matched.index + HANDBACK_MAX_LAG >= last);
                 let seen = self.peers.seen(to);
                 let healthy = seen
                     .ok
                     .is_some_and(|t| t.elapsed() < Duration::from_secs(2))
-                    && seen.failed.is_none_or(|f| seen.ok.is_some_and(|o| o > f));
+                    && seen.failed.is_none_or(|f| f.elapsed() > HANDBACK_CALM);
                 if caught_up && healthy {
                     tracing::info!(
                         group = g.id,
                         to,
                         "handing leadership back to its designated node"
                     );
+                    last_try.insert(g.id, std::time::Instant::now());
                     if let Err(e) = g.raft.trigger().transfer_leader(to).await {
                         tracing::warn!(group = g.id, error = %e, "leader transfer");
                     }
@@ -535,11 +696,13 @@ impl Node {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         while !self.is_draining() {
             tick.tick().await;
-            for g in self.groups.values() {
+            // Groups fetch side by side: one slow peer stream holds up only its group.
+            let rounds = self.groups.values().map(|g| async {
                 if let Err(e) = crate::rawfetch::fill_gaps(&self, g).await {
                     tracing::warn!(group = g.id, error = %e, "fetching raw segments");
                 }
-            }
+            });
+            futures::future::join_all(rounds).await;
         }
     }
 }

@@ -24,6 +24,11 @@ use crate::raft::network::target;
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
 /// First wait after a fruitless round.
 const FIRST_BACKOFF: Duration = Duration::from_secs(2);
+/// Longest a peer may go quiet in the middle of a FetchSegments stream.
+const CHUNK_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest segment image accepted (a peer builds them up to `IMAGE_BYTES`; one entry may
+/// run over that, up to the largest batch).
+const MAX_IMAGE_BYTES: usize = 4 * crate::raft::service::IMAGE_BYTES;
 
 /// Fills the raw-log gaps of `group` from its peers, if it has any and is not backing off.
 pub async fn fill_gaps(node: &Node, group: &Group) -> Result<()> {
@@ -102,7 +107,21 @@ async fn fetch(node: &Node, group: &Group, peer: u64, addr: &str, gap: Range<u64
     let mut stored = 0u64;
     let mut image: Vec<u8> = Vec::new();
     let mut crc = crc32fast::Hasher::new();
-    while let Some(chunk) = stream.message().await.map_err(|s| Error::from_status(&s))? {
+    loop {
+        let next = tokio::time::timeout(CHUNK_TIMEOUT, stream.message())
+            .await
+            .map_err(|_| {
+                Error::Timeout(format!(
+                    "peer {peer} sent no raw segment chunk in {CHUNK_TIMEOUT:?}"
+                ))
+            })?
+            .map_err(|s| Error::from_status(&s))?;
+        let Some(chunk) = next else { break };
+        if image.len() + chunk.data.len() > MAX_IMAGE_BYTES {
+            return Err(Error::Unavailable(format!(
+                "peer {peer} sent a segment image over {MAX_IMAGE_BYTES} bytes"
+            )));
+        }
         if chunk.offset != image.len() as u64 {
             return Err(Error::Unavailable(format!(
                 "peer {peer} sent segment {} out of order (offset {}, expected {})",

@@ -2,10 +2,11 @@
 //! the shutdown signal, then drain and stop in order.
 //!
 //! Shutdown order matters: client requests in flight need Raft to finish, and peers'
-//! replication streams never end on their own. So the node first stops taking client
-//! requests and waits for those in flight (bounded), then stops its Raft groups (which
-//! flushes their logs and state machines and ends the peers' streams), and only then
-//! closes the listeners.
+//! replication streams never end on their own. So the node first hands the groups it leads
+//! to followers (writes move on without waiting for an election timeout), then stops
+//! taking client requests and waits for those in flight (bounded), then stops its Raft
+//! groups (flushing their logs and state machines) and ends the streams peers opened into
+//! it, and only then closes the listeners.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -24,6 +25,11 @@ use crate::service::grpc::ClientServices;
 
 /// Largest client request accepted (a batch of `max_batch_clicks` clicks fits easily).
 const MAX_CLIENT_MESSAGE: usize = 16 << 20;
+/// How long a stopping node waits for the groups it leads to elect the followers it hands
+/// them to.
+const HANDOFF_LIMIT: Duration = Duration::from_secs(3);
+/// How long each Raft group may take to stop.
+const STOP_LIMIT: Duration = Duration::from_secs(5);
 /// How long in-flight client requests may take to finish at shutdown.
 const DRAIN_LIMIT: Duration = Duration::from_secs(10);
 /// How long the listeners may take to close after the node stopped.
@@ -123,13 +129,19 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         r = &mut grpc_task => Some(format!("the gRPC server stopped: {r:?}")),
         r = &mut http_task => Some(format!("the HTTP server stopped: {r:?}")),
     };
+    // Peers stopping at the same time see this and hand nothing to this node.
+    health
+        .set_service_status("", tonic_health::ServingStatus::NotServing)
+        .await;
+    tracing::info!("handing off leaderships");
+    node.hand_off_leadership(HANDOFF_LIMIT).await;
     tracing::info!("draining in-flight requests");
     health
         .set_not_serving::<grpc::IngestServer<ClientServices>>()
         .await;
     node.drain(DRAIN_LIMIT).await;
     tracing::info!("stopping the Raft groups");
-    node.shutdown().await;
+    node.shutdown(STOP_LIMIT).await;
     let _ = stop_tx.send(true);
     close("gRPC", grpc_task).await;
     close("HTTP", http_task).await;

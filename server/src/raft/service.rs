@@ -5,7 +5,7 @@
 //! otherwise); an unknown group is NOT_FOUND; a stopped group is UNAVAILABLE. Malformed
 //! messages are INVALID_ARGUMENT and never reach openraft.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -22,6 +22,8 @@ use crate::node::Node;
 
 /// Bytes per `SegmentChunk` of a FetchSegments stream.
 const SEGMENT_CHUNK: usize = 1 << 20;
+/// Largest segment image a FetchSegments stream builds (a run of entries is cut there).
+pub const IMAGE_BYTES: usize = 8 << 20;
 
 /// The Raft service of a node.
 #[derive(Debug, Clone)]
@@ -130,23 +132,24 @@ impl grpc::Raft for RaftService {
                 };
                 futures::future::ready(ok)
             })
-            .filter_map(move |r| {
-                let decoded = r
-                    .ok()
-                    .and_then(|m| match convert::append_request_from_wire(&m) {
-                        Ok(req) => Some(req),
-                        Err(e) => {
-                            tracing::warn!(group_id, error = %e, "dropping a malformed append");
-                            None
-                        }
-                    });
-                futures::future::ready(decoded)
-            });
+            .map(move |r| r.ok().and_then(|m| match convert::append_request_from_wire(&m) {
+                Ok(req) => Some(req),
+                Err(e) => {
+                    tracing::warn!(group_id, error = %e, "ending an append stream at a malformed request");
+                    None
+                }
+            }))
+            .take_while(|r| futures::future::ready(r.is_some()))
+            .filter_map(futures::future::ready);
         let input = futures::stream::once(futures::future::ready(first)).chain(rest);
-        let out = Box::pin(g.raft.stream_append(input)).map(move |r| match r {
-            Ok(res) => Ok(convert::append_result_to_wire(group_id, &res)),
-            Err(e) => Err(stopped(group_id, e)),
-        });
+        // Ends when the node stops: an idle stream would otherwise wait for the peer's
+        // next request and hold the listener open at shutdown.
+        let out = Box::pin(g.raft.stream_append(input))
+            .map(move |r| match r {
+                Ok(res) => Ok(convert::append_result_to_wire(group_id, &res)),
+                Err(e) => Err(stopped(group_id, e)),
+            })
+            .take_until(self.node.stopped());
         Ok(Response::new(Box::pin(out)))
     }
 
@@ -169,8 +172,11 @@ impl grpc::Raft for RaftService {
         };
         let (vote, meta) = convert::snapshot_meta_from_wire(&meta).map_err(bad)?;
         let dir = g.snapshot_dir.clone();
-        let mut file = tokio::task::block_in_place(|| IncomingSnapshot::create(&dir))
+        let mut file = tokio::task::spawn_blocking(move || IncomingSnapshot::create(&dir))
+            .await
+            .map_err(|e| Status::internal(format!("snapshot file task: {e}")))?
             .map_err(|e| Status::internal(format!("snapshot file: {e}")))?;
+        let temp = file.path().to_path_buf();
         let mut crc = crc32fast::Hasher::new();
         let mut total = 0u64;
         let done = loop {
@@ -186,8 +192,11 @@ impl grpc::Raft for RaftService {
                 Some(Payload::Data(data)) => {
                     crc.update(&data);
                     total += data.len() as u64;
-                    tokio::task::block_in_place(|| file.write_all(&data))
-                        .map_err(|e| Status::internal(format!("writing snapshot: {e}")))?;
+                    file =
+                        tokio::task::spawn_blocking(move || file.write_all(&data).map(|()| file))
+                            .await
+                            .map_err(|e| Status::internal(format!("snapshot write task: {e}")))?
+                            .map_err(|e| Status::internal(format!("writing snapshot: {e}")))?;
                 }
                 Some(Payload::Done(d)) => break d,
                 _ => return Err(Status::invalid_argument("unexpected snapshot chunk")),
@@ -200,17 +209,23 @@ impl grpc::Raft for RaftService {
                 done.total_bytes
             )));
         }
-        let file = tokio::task::block_in_place(|| file.finish())
+        let file = tokio::task::spawn_blocking(move || file.finish())
+            .await
+            .map_err(|e| Status::internal(format!("snapshot finish task: {e}")))?
             .map_err(|e| Status::internal(format!("finishing snapshot: {e}")))?;
         let snapshot = super::Snapshot {
             meta,
             snapshot: file,
         };
-        let resp = g
-            .raft
-            .install_full_snapshot(vote, snapshot)
-            .await
-            .map_err(|e| stopped(group_id, e))?;
+        let resp = g.raft.install_full_snapshot(vote, snapshot).await;
+        // Installed, the file was moved into place; declined (a stale vote, nothing newer
+        // than what is committed), it is still here and nobody else will remove it.
+        if let Err(e) = std::fs::remove_file(&temp) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(file = %temp.display(), error = %e, "removing a received snapshot");
+            }
+        }
+        let resp = resp.map_err(|e| stopped(group_id, e))?;
         Ok(Response::new(wire::InstallSnapshotResponse {
             group_id,
             vote: Some(convert::vote_to_wire(&resp.vote)),
@@ -223,6 +238,12 @@ impl grpc::Raft for RaftService {
     ) -> Result<Response<wire::HandoverResponse>, Status> {
         use wire::handover_response::Error as E;
         self.check_target(&request)?;
+        if self.node.is_leaving() {
+            return Err(Status::unavailable(format!(
+                "node {} is stopping and takes no leadership",
+                self.node.id()
+            )));
+        }
         let req = request.into_inner();
         let g = self.group(req.group_id)?;
         let from = convert::vote_from_wire(req.from_leader.as_ref()).map_err(bad)?;
@@ -268,27 +289,20 @@ impl grpc::Raft for RaftService {
                 "from_index must be below to_index",
             ));
         }
-        let segments: Vec<_> = g
-            .raw
-            .segments()
-            .map_err(|e| Status::internal(e.to_string()))?
-            .into_iter()
-            .filter(|s| {
-                s.last_index.is_some_and(|l| l >= req.from_index) && s.first_index < req.to_index
-            })
-            .collect();
+        let Ok(permit) = Arc::clone(&self.node.fetch_budget).try_acquire_owned() else {
+            return Err(Status::resource_exhausted(
+                "this node is already serving raw segments to peers; retry later",
+            ));
+        };
+        let raw = g.raw.clone();
         let group_id = g.id;
-        let (tx, rx) = tokio::sync::mpsc::channel::<Result<wire::SegmentChunk, Status>>(4);
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<wire::SegmentChunk, Status>>(2);
         tokio::task::spawn_blocking(move || {
-            for s in segments {
-                let sent = send_segment(&tx, group_id, &s);
-                if let Err(e) = sent {
-                    let _ = tx.blocking_send(Err(Status::unavailable(format!(
-                        "reading segment {}: {e}",
-                        s.path.display()
-                    ))));
-                    return;
-                }
+            let _permit = permit;
+            if let Err(e) = serve_raw(&tx, group_id, &raw, req.from_index..req.to_index) {
+                let _ = tx.blocking_send(Err(Status::unavailable(format!(
+                    "reading the raw log: {e}"
+                ))));
             }
         });
         Ok(Response::new(Box::pin(
@@ -306,11 +320,12 @@ impl grpc::Raft for RaftService {
         match g.read_index(self.node.request_timeout()).await? {
             Ok(index) => {
                 // The read log id's term and leader are not needed by the reader: it
-                // waits for the index only.
-                let read_log_id = index.map(|index| wire::LogId {
+                // waits for the index only. A leader always has one (its term's first
+                // entry at least); `None` only before anything was ever appended.
+                let read_log_id = Some(wire::LogId {
                     term: 0,
                     node_id: 0,
-                    index,
+                    index: index.unwrap_or(0),
                 });
                 Ok(Response::new(wire::ReadIndexResponse {
                     group_id: g.id,
@@ -327,44 +342,76 @@ impl grpc::Raft for RaftService {
     }
 }
 
-/// Streams one segment file (as long as it was when listed) in chunks; the last chunk
-/// carries the CRC of the whole file.
-fn send_segment(
+/// Streams the committed raw entries of `range` this node holds, as segment images of
+/// contiguous runs of at most [`IMAGE_BYTES`], each in chunks whose last carries the CRC of
+/// the image. Only committed entries are read (`RawReader::entries` stops at the commit
+/// point), so a peer never imports an entry that a new leader could still replace.
+fn serve_raw(
     tx: &tokio::sync::mpsc::Sender<Result<wire::SegmentChunk, Status>>,
     group_id: u64,
-    s: &adclick_storage::log::SegmentInfo,
-) -> std::io::Result<()> {
-    let mut file = std::fs::File::open(&s.path)?.take(s.bytes);
-    let mut crc = crc32fast::Hasher::new();
-    let mut offset = 0u64;
-    let mut buf = vec![0u8; SEGMENT_CHUNK];
-    loop {
-        let n = read_full(&mut file, &mut buf)?;
-        crc.update(&buf[..n]);
-        let eof = n < buf.len() || offset + n as u64 >= s.bytes;
-        let chunk = wire::SegmentChunk {
-            group_id,
-            first_index: s.first_index,
-            last_index: s.last_index.unwrap_or(s.first_index),
-            offset,
-            data: bytes::Bytes::copy_from_slice(&buf[..n]),
-            eof,
-            crc32: if eof { crc.clone().finalize() } else { 0 },
-        };
-        offset += n as u64;
-        if tx.blocking_send(Ok(chunk)).is_err() || eof {
-            return Ok(());
+    raw: &adclick_storage::log::RawReader,
+    range: std::ops::Range<u64>,
+) -> adclick_storage::Result<()> {
+    let mut run: Vec<adclick_storage::types::Entry> = Vec::new();
+    let mut run_bytes = 0usize;
+    for entry in raw.entries(range)? {
+        let entry = entry?;
+        let contiguous = run
+            .last()
+            .is_none_or(|l| l.log_id.index + 1 == entry.log_id.index);
+        if !contiguous || run_bytes >= IMAGE_BYTES {
+            if !send_image(tx, group_id, &std::mem::take(&mut run))? {
+                return Ok(());
+            }
+            run_bytes = 0;
         }
+        run_bytes += entry_size(&entry);
+        run.push(entry);
+    }
+    if !run.is_empty() {
+        send_image(tx, group_id, &run)?;
+    }
+    Ok(())
+}
+
+/// About how many bytes an entry takes in a segment image (exact size is not needed: it
+/// only bounds the image).
+fn entry_size(e: &adclick_storage::types::Entry) -> usize {
+    match &e.payload {
+        openraft::EntryPayload::Normal(adclick_storage::types::Command::Ingest(b)) => {
+            64 + b.clicks.len() * 100
+        }
+        _ => 64,
     }
 }
 
-fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..])? {
-            0 => break,
-            k => n += k,
+/// Sends one image of `run` in chunks; false if the caller went away.
+fn send_image(
+    tx: &tokio::sync::mpsc::Sender<Result<wire::SegmentChunk, Status>>,
+    group_id: u64,
+    run: &[adclick_storage::types::Entry],
+) -> adclick_storage::Result<bool> {
+    let (Some(first), Some(last)) = (run.first(), run.last()) else {
+        return Ok(true);
+    };
+    let image = adclick_storage::log::encode_segment_image(run)?;
+    let crc = crc32fast::hash(&image);
+    let mut offset = 0usize;
+    for piece in image.chunks(SEGMENT_CHUNK) {
+        let eof = offset + piece.len() == image.len();
+        let chunk = wire::SegmentChunk {
+            group_id,
+            first_index: first.log_id.index,
+            last_index: last.log_id.index,
+            offset: offset as u64,
+            data: bytes::Bytes::copy_from_slice(piece),
+            eof,
+            crc32: if eof { crc } else { 0 },
+        };
+        offset += piece.len();
+        if tx.blocking_send(Ok(chunk)).is_err() {
+            return Ok(false);
         }
     }
-    Ok(n)
+    Ok(true)
 }

@@ -12,7 +12,7 @@ use tonic::{Request, Response, Status};
 use super::{admin, ingest, query};
 use crate::error::Result;
 use crate::metrics::Op;
-use crate::node::Node;
+use crate::node::{Node, SHARD_MAP_VERSION};
 
 /// The three client services of a node.
 #[derive(Debug, Clone)]
@@ -42,6 +42,18 @@ impl ClientServices {
     }
 }
 
+/// Refuses a request routed with another shard map version than this node's
+/// (`x-adclick-shard-map-version`; absent means the client does not route itself).
+fn check_shard_map<T>(req: &Request<T>) -> std::result::Result<(), Status> {
+    match adclick_proto::convert::shard_map_version(req.metadata()) {
+        Some(v) if v != SHARD_MAP_VERSION => Err(adclick_proto::convert::stale_shard_map(
+            v,
+            SHARD_MAP_VERSION,
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// Whether a peer forwarded this request.
 fn is_forwarded<T>(req: &Request<T>) -> bool {
     req.metadata().contains_key(metadata::FORWARDED_BY)
@@ -53,9 +65,15 @@ impl grpc::Ingest for ClientServices {
         &self,
         request: Request<wire::IngestRequest>,
     ) -> std::result::Result<Response<wire::IngestResponse>, Status> {
+        check_shard_map(&request)?;
         let forwarded = is_forwarded(&request);
+        let op = if forwarded {
+            Op::IngestForwarded
+        } else {
+            Op::Ingest
+        };
         let clicks = request.into_inner().clicks;
-        self.serve(Op::Ingest, ingest::ingest(&self.node, clicks, forwarded))
+        self.serve(op, ingest::ingest(&self.node, clicks, forwarded))
             .await
     }
 }
@@ -66,6 +84,7 @@ impl grpc::Query for ClientServices {
         &self,
         request: Request<wire::CountRequest>,
     ) -> std::result::Result<Response<wire::CountResponse>, Status> {
+        check_shard_map(&request)?;
         let node = &self.node;
         self.serve(Op::Count, async move {
             let q = CountQuery::try_from(request.into_inner())?;
@@ -78,6 +97,7 @@ impl grpc::Query for ClientServices {
         &self,
         request: Request<wire::TopRequest>,
     ) -> std::result::Result<Response<wire::TopResponse>, Status> {
+        check_shard_map(&request)?;
         let node = &self.node;
         self.serve(Op::Top, async move {
             let q = TopQuery::try_from(request.into_inner())?;

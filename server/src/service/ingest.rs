@@ -86,7 +86,10 @@ pub async fn ingest(
             results[i] = r;
         }
     }
-    node.metrics.record_tally(&tally);
+    if !forwarded {
+        // A forwarded part is counted by the node that coordinated its batch.
+        node.metrics.record_tally(&tally);
+    }
     Ok(wire::IngestResponse {
         results,
         tally: Some(tally.into()),
@@ -131,14 +134,39 @@ async fn write_part(
             leader: Some(leader),
         });
     }
-    let mut client = IngestClient::new(node.peers.channel(leader.node_id, &leader.addr));
+    let mut client = IngestClient::new(node.peers.channel(leader.node_id, &leader.addr))
+        .max_decoding_message_size(MAX_FORWARD_RESPONSE);
     let req = node.forwarded(wire::IngestRequest { clicks });
     let resp = client
         .ingest(req)
         .await
-        .map_err(|s| Error::from_status(&s))?
+        .map_err(|s| forward_error(&s))?
         .into_inner();
     Ok(resp.results)
+}
+
+/// Largest answer a leader sends to a forwarded part (one result per click, with room for
+/// a rejection message each).
+const MAX_FORWARD_RESPONSE: usize = 64 << 20;
+
+/// What a failed forwarded part means for the client. Only answers that say the leader
+/// refused the part before proposing it keep their meaning; anything else (a transport
+/// failure, a reset stream, an answer that does not decode) leaves the outcome unknown,
+/// which the client must hear as "retry with the same ids", never as "fix the request".
+fn forward_error(s: &tonic::Status) -> Error {
+    use tonic::Code;
+    match s.code() {
+        Code::InvalidArgument
+        | Code::NotFound
+        | Code::ResourceExhausted
+        | Code::DeadlineExceeded
+        | Code::Unavailable => Error::from_status(s),
+        code => Error::Unavailable(format!(
+            "forwarding to the group leader failed ({code:?}: {}); the clicks may or may not \
+             have been applied: retry with the same event ids",
+            s.message()
+        )),
+    }
 }
 
 /// Validates a part and proposes its valid clicks as one entry on this node, the group's

@@ -17,6 +17,7 @@ use crate::node::{now_ms, Node};
 
 /// Answers a count query.
 pub async fn count(node: &Arc<Node>, q: CountQuery) -> Result<wire::CountResponse> {
+    let _permit = admit(node).await?;
     let range = q.range.resolve(now_ms())?;
     let group = Arc::clone(node.group_of(&q.ad_id));
     prepare(
@@ -45,6 +46,7 @@ pub async fn count(node: &Arc<Node>, q: CountQuery) -> Result<wire::CountRespons
 
 /// Answers a top query.
 pub async fn top(node: &Arc<Node>, q: TopQuery) -> Result<wire::TopResponse> {
+    let _permit = admit(node).await?;
     let range: MinuteRange = q.range.resolve(now_ms())?;
     let n = q.n as usize;
     let filter = q.filter.map(|f| f.as_str().to_owned());
@@ -54,13 +56,16 @@ pub async fn top(node: &Arc<Node>, q: TopQuery) -> Result<wire::TopResponse> {
         let filter = filter.clone();
         async move {
             prepare(&node, &group, q.consistency, filter.as_deref()).await?;
+            // The watermark is read before the counts: minutes at or before it were final
+            // already, so the answer never calls a minute final that it summed early.
+            let watermark_ms = group.reader.watermark_ms()?;
             let reader = group.reader.clone();
             let answer = blocking(move || reader.top(n, range, filter.as_deref())).await?;
             let position = wire::GroupPosition {
                 group_id: group.id,
                 node_id: node.id(),
                 applied_index: answer.applied_index.unwrap_or(0),
-                watermark_ms: group.reader.watermark_ms().ok().flatten(),
+                watermark_ms,
             };
             Ok::<_, Error>((answer.rows, position))
         }
@@ -79,6 +84,22 @@ pub async fn top(node: &Arc<Node>, q: TopQuery) -> Result<wire::TopResponse> {
         range: Some(range.into()),
         positions,
     })
+}
+
+/// Takes one of the node's query slots, waiting briefly.
+async fn admit(node: &Node) -> Result<tokio::sync::OwnedSemaphorePermit> {
+    let slot = Arc::clone(&node.query_budget).acquire_owned();
+    match tokio::time::timeout(std::time::Duration::from_millis(500), slot).await {
+        Ok(Ok(p)) => Ok(p),
+        Ok(Err(_)) => Err(Error::Unavailable("the node is shutting down".into())),
+        Err(_) => Err(Error::Overloaded {
+            message: format!(
+                "{} queries already running on this node",
+                crate::node::MAX_CONCURRENT_QUERIES
+            ),
+            retry_after: std::time::Duration::from_millis(100),
+        }),
+    }
 }
 
 /// Makes the replica ready to answer: the read barrier for linearizable reads, and a

@@ -45,7 +45,7 @@ use super::segment::Segment;
 use super::store::{now_ms, Shared};
 use crate::codec;
 use crate::error::{Error, Result};
-use crate::types::LogId;
+use crate::types::{Entry, LogId};
 
 /// What one raw import stored.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -123,6 +123,35 @@ impl Image<'_> {
         format::put_frame(&mut buf, RECORD_SEAL, &format::encode_seal(seal));
         buf
     }
+}
+
+/// Builds a segment image (the on-disk segment format of `docs/log-format.md`: header and
+/// entry records, unsealed) holding `entries`, which must be contiguous by index. This is
+/// what a node serves to a peer filling a raw gap, and what [`RawImporter::import_raw`]
+/// takes. Serve only committed entries ([`super::RawReader::entries`] yields nothing
+/// else): the importer trusts the serving node's entries to be the committed log.
+pub fn encode_segment_image(entries: &[Entry]) -> Result<Vec<u8>> {
+    let Some(first) = entries.first() else {
+        return Err(Error::InvalidArgument(
+            "a segment image needs entries".into(),
+        ));
+    };
+    let first_index = first.log_id.index;
+    let mut buf = Vec::with_capacity(SEGMENT_HEADER_LEN + entries.len() * 64);
+    buf.extend_from_slice(&format::encode_segment_header(first_index));
+    for (i, e) in entries.iter().enumerate() {
+        if e.log_id.index != first_index + i as u64 {
+            return Err(Error::InvalidArgument(format!(
+                "segment image entries must be contiguous: index {} after {}",
+                e.log_id.index,
+                first_index + i as u64 - 1
+            )));
+        }
+        format::put_frame_with(&mut buf, RECORD_ENTRY, |b| codec::encode_entry(e, b)).map_err(
+            |len| Error::InvalidArgument(format!("entry {} of {len} bytes", e.log_id.index)),
+        )?;
+    }
+    Ok(buf)
 }
 
 /// Checks a peer's segment image completely; any flaw is [`Error::Corruption`] naming the

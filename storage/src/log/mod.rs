@@ -90,7 +90,7 @@ pub use config::{
 };
 pub use fault::{FaultyFs, FsOp};
 pub use fs::{FileLock, FileSystem, LogFile, OpenMode, StdFs};
-pub use import::{ImportOutcome, RawImporter};
+pub use import::{encode_segment_image, ImportOutcome, RawImporter};
 pub use raft::{LogReader, LogStore};
 pub use raw::{RawEntries, RawReader, SegmentInfo};
 pub use retention::RetentionOutcome;

@@ -98,43 +98,78 @@ impl SnapshotFile {
 
 /// A snapshot being received from a peer: write the chunks, then [`IncomingSnapshot::finish`].
 /// Create it in the state machine's snapshot directory so install can rename it in place.
+/// Dropped unfinished (a transfer cut short), it removes its file.
 #[derive(Debug)]
 pub struct IncomingSnapshot {
     path: PathBuf,
-    file: BufWriter<File>,
+    /// `None` once finished.
+    file: Option<BufWriter<File>>,
 }
 
 impl IncomingSnapshot {
-    /// Creates a temporary file in `dir` (removed on the next open if never finished).
+    /// Creates a temporary file in `dir` (removed on drop if never finished, and by the
+    /// next open after a crash).
     pub fn create(dir: &Path) -> Result<Self> {
         let path = temp_path(dir, "recv");
         let file =
             File::create(&path).map_err(|e| Error::io(format!("create {}", path.display()), e))?;
         Ok(IncomingSnapshot {
             path,
-            file: BufWriter::new(file),
+            file: Some(BufWriter::new(file)),
         })
     }
 
+    /// The temporary file's path (a [`SnapshotFile`] that openraft declines to install
+    /// stays there; its receiver removes it).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     /// Flushes, fsyncs and reopens the file for reading.
-    pub fn finish(self) -> Result<SnapshotFile> {
-        let ctx = || format!("finish snapshot {}", self.path.display());
-        let file = self
-            .file
+    pub fn finish(mut self) -> Result<SnapshotFile> {
+        let ctx = |p: &Path| format!("finish snapshot {}", p.display());
+        let Some(file) = self.file.take() else {
+            return Err(Error::Closed);
+        };
+        let file = file
             .into_inner()
-            .map_err(|e| Error::io(ctx(), e.into_error()))?;
-        file.sync_all().map_err(|e| Error::io(ctx(), e))?;
-        SnapshotFile::open(self.path)
+            .map_err(|e| Error::io(ctx(&self.path), e.into_error()))?;
+        file.sync_all().map_err(|e| Error::io(ctx(&self.path), e))?;
+        let opened = SnapshotFile::open(self.path.clone());
+        if opened.is_ok() {
+            // The file is the caller's now; do not remove it on drop.
+            self.path = PathBuf::new();
+        }
+        opened
+    }
+}
+
+impl Drop for IncomingSnapshot {
+    fn drop(&mut self) {
+        if !self.path.as_os_str().is_empty() {
+            drop(self.file.take());
+            if let Err(e) = fs::remove_file(&self.path) {
+                if e.kind() != io::ErrorKind::NotFound {
+                    tracing::warn!(file = %self.path.display(), error = %e, "removing an unfinished snapshot");
+                }
+            }
+        }
     }
 }
 
 impl Write for IncomingSnapshot {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.file.write(buf)
+        match &mut self.file {
+            Some(f) => f.write(buf),
+            None => Err(io::Error::other("snapshot already finished")),
+        }
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        self.file.flush()
+        match &mut self.file {
+            Some(f) => f.flush(),
+            None => Ok(()),
+        }
     }
 }
 
@@ -601,5 +636,23 @@ mod tests {
         assert!(verify(&bad)
             .expect_err("trailing byte accepted")
             .is_corruption());
+    }
+
+    #[test]
+    fn an_unfinished_incoming_snapshot_removes_its_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut cut = IncomingSnapshot::create(dir.path()).expect("create");
+        cut.write_all(b"half a snapshot").expect("write");
+        let path = cut.path().to_path_buf();
+        assert!(path.exists());
+        drop(cut);
+        assert!(!path.exists(), "a transfer cut short leaves no file behind");
+
+        let mut done = IncomingSnapshot::create(dir.path()).expect("create");
+        done.write_all(b"a whole snapshot").expect("write");
+        let path = done.path().to_path_buf();
+        let file = done.finish().expect("finish");
+        assert!(path.exists(), "a finished snapshot is the caller's to keep");
+        assert_eq!(file.path(), path);
     }
 }

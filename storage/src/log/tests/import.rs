@@ -610,3 +610,40 @@ fn appends_and_reads_do_not_wait_for_an_import_in_its_fsync() {
         .expect("commit");
     assert_raw_entries(&store, 0..600);
 }
+
+#[test]
+fn an_image_built_from_a_peers_raw_entries_fills_the_gap() {
+    // The serving side: a peer that holds and committed 0..500.
+    let peer_dir = tempfile::tempdir().expect("tempdir");
+    let peer = open(peer_dir.path(), 1 << 20);
+    for i in 0..500 {
+        append(&peer, vec![entry(i)]);
+    }
+    peer.shared
+        .save_committed(Some(id(1, 449)))
+        .expect("commit");
+    // Raw reads serve committed entries only: 450.. are not sent.
+    let served: Vec<Entry> = peer
+        .raw_reader()
+        .entries(10..500)
+        .expect("raw reader")
+        .map(|e| e.expect("raw entry"))
+        .collect();
+    assert_eq!(served.len(), 440);
+    let image = crate::log::encode_segment_image(&served).expect("image");
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = installed(dir.path(), 10, 449, 1 << 20);
+    assert_eq!(gaps(&store), vec![10..450]);
+    let out = import(&store, &image);
+    assert_eq!(out.imported, vec![10..450]);
+    assert!(gaps(&store).is_empty());
+    assert_raw_entries(&store, 0..450);
+}
+
+#[test]
+fn segment_images_need_contiguous_entries() {
+    assert!(crate::log::encode_segment_image(&[]).is_err());
+    let err = crate::log::encode_segment_image(&[entry(3), entry(5)]).expect_err("a hole");
+    assert!(err.to_string().contains("contiguous"), "{err}");
+}
