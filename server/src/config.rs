@@ -12,6 +12,11 @@ use serde::Deserialize;
 pub const DEFAULT_GROUPS: u64 = 4;
 /// Most data groups a cluster may have (the metadata group comes on top).
 pub const MAX_GROUPS: u64 = 256;
+/// Longest minimum election timeout accepted, ms (the maximum is twice this).
+pub const MAX_ELECTION_TIMEOUT_MS: u64 = 60_000;
+/// Most clicks a batch may be configured to hold: a batch of the largest valid clicks
+/// must fit the 16 MiB request limit.
+pub const MAX_BATCH_CLICKS: usize = 50_000;
 
 /// The node's settings, fully resolved.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -256,6 +261,22 @@ impl Config {
         if !(1..=MAX_GROUPS).contains(&self.groups) {
             return err(format!("--groups must be 1 to {MAX_GROUPS}"));
         }
+        let mut addrs: Vec<&String> = self.peers.values().collect();
+        addrs.sort();
+        if let Some(w) = addrs.windows(2).find(|w| w[0] == w[1]) {
+            return err(format!("two peers share the address {}", w[0]));
+        }
+        if self.raft_election_timeout_ms > MAX_ELECTION_TIMEOUT_MS {
+            return err(format!(
+                "--raft-election-timeout-ms must be at most {MAX_ELECTION_TIMEOUT_MS}"
+            ));
+        }
+        if self.max_batch_clicks > MAX_BATCH_CLICKS {
+            return err(format!(
+                "--max-batch-clicks must be at most {MAX_BATCH_CLICKS} (a batch must fit one \
+                 16 MiB request)"
+            ));
+        }
         if self.raft_heartbeat_ms == 0 || self.raft_election_timeout_ms <= self.raft_heartbeat_ms {
             return err(
                 "--raft-election-timeout-ms must be greater than --raft-heartbeat-ms (> 0)",
@@ -346,6 +367,19 @@ mod tests {
             let e = parse_peers(text).expect_err(text);
             assert!(e.0.contains(want), "{text}: {e}");
         }
+        let mut f = flags();
+        f.peers = Some("1=127.0.0.1:7401,2=127.0.0.1:7402,3=127.0.0.1:7402".into());
+        let e = Config::resolve(f).expect_err("shared address");
+        assert!(e.0.contains("share the address"), "{e}");
+        let mut f = flags();
+        f.raft_election_timeout_ms = Some(u64::MAX / 2 + 1);
+        let e = Config::resolve(f).expect_err("overflowing timeout");
+        assert!(e.0.contains("at most"), "{e}");
+        let mut f = flags();
+        f.max_batch_clicks = Some(1_000_000);
+        f.max_inflight_clicks = Some(2_000_000);
+        let e = Config::resolve(f).expect_err("huge batches");
+        assert!(e.0.contains("at most"), "{e}");
         let mut f = flags();
         f.node_id = Some(9);
         let e = Config::resolve(f).expect_err("not a peer");

@@ -501,15 +501,16 @@ impl Node {
             if self.is_draining() {
                 return;
             }
-            let missing = self.unreachable_peers().await;
-            if missing.is_empty() {
+            let problems = self.peer_config_problems().await;
+            if problems.is_empty() {
                 break;
             }
             if !announced {
                 tracing::info!(
                     group = g,
-                    ?missing,
-                    "bootstrap: waiting for every peer to answer"
+                    ?problems,
+                    "bootstrap: waiting for every peer to answer with this node's cluster \
+                     configuration"
                 );
                 announced = true;
             }
@@ -544,25 +545,60 @@ impl Node {
             .is_ok_and(|r| r.into_inner().status == ServingStatus::Serving as i32)
     }
 
-    /// The peers that do not answer a gRPC health check now.
-    async fn unreachable_peers(&self) -> Vec<u64> {
-        use tonic_health::pb::health_client::HealthClient;
-        use tonic_health::pb::HealthCheckRequest;
-        let mut missing = Vec::new();
+    /// Why the cluster cannot bootstrap yet: peers that do not answer, or answer with
+    /// another member list or group count than this node's. Nodes initialize groups only
+    /// once every peer agrees, so two nodes can never initialize a group with different
+    /// memberships, and no node routes clicks over a different number of groups.
+    async fn peer_config_problems(&self) -> Vec<String> {
+        let mine: Vec<(u64, String)> = self
+            .config
+            .peers
+            .iter()
+            .map(|(id, a)| (*id, a.clone()))
+            .collect();
+        let mut problems = Vec::new();
         for (id, addr) in &self.config.peers {
             if *id == self.id() {
                 continue;
             }
-            let mut client = HealthClient::new(self.peers.channel(*id, addr));
-            let mut req = tonic::Request::new(HealthCheckRequest {
-                service: String::new(),
-            });
+            let mut client =
+                adclick_proto::wire::grpc::AdminClient::new(self.peers.channel(*id, addr));
+            let mut req = tonic::Request::new(wire::ClusterStatusRequest {});
             req.set_timeout(Duration::from_secs(1));
-            if client.check(req).await.is_err() {
-                missing.push(*id);
+            let status = match client.cluster_status(req).await {
+                Ok(r) => r.into_inner(),
+                Err(e) => {
+                    problems.push(format!(
+                        "node {id} at {addr} does not answer: {}",
+                        e.message()
+                    ));
+                    continue;
+                }
+            };
+            let theirs: Vec<(u64, String)> = status
+                .nodes
+                .iter()
+                .filter_map(|n| n.node.as_ref().map(|a| (a.node_id, a.addr.clone())))
+                .collect();
+            let groups = status.groups.len().saturating_sub(1) as u64;
+            let mut wrong = Vec::new();
+            if theirs != mine {
+                wrong.push(format!(
+                    "node {id} runs with peers {theirs:?}, this node with {mine:?}"
+                ));
+            }
+            if groups != self.config.groups {
+                wrong.push(format!(
+                    "node {id} runs {groups} data groups, this node {}",
+                    self.config.groups
+                ));
+            }
+            if !wrong.is_empty() {
+                tracing::error!(peer = id, problems = ?wrong, "cluster misconfigured");
+                problems.extend(wrong);
             }
         }
-        missing
+        problems
     }
 
     /// Carries the filter registry of group 0 into every data group this node leads:
@@ -716,7 +752,17 @@ fn no_leader(g: u64) -> Error {
 /// Refuses a data directory that belongs to another node id or group count.
 fn check_identity(config: &Config) -> anyhow::Result<()> {
     let path = config.data_dir.join("IDENTITY");
-    let want = format!("node_id={}\ngroups={}\n", config.node_id, config.groups);
+    let peers: Vec<String> = config
+        .peers
+        .iter()
+        .map(|(id, addr)| format!("{id}={addr}"))
+        .collect();
+    let want = format!(
+        "node_id={}\ngroups={}\npeers={}\n",
+        config.node_id,
+        config.groups,
+        peers.join(",")
+    );
     match std::fs::read_to_string(&path) {
         Ok(have) if have == want => Ok(()),
         Ok(have) => anyhow::bail!(
@@ -740,6 +786,30 @@ fn check_identity(config: &Config) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn config(dir: &std::path::Path, groups: u64, peer3: &str) -> Config {
+        Config::resolve(crate::config::Flags {
+            node_id: Some(1),
+            data_dir: Some(dir.to_path_buf()),
+            listen: "127.0.0.1:7401".parse().ok(),
+            http: "127.0.0.1:8401".parse().ok(),
+            peers: Some(format!("1=127.0.0.1:7401,2=127.0.0.1:7402,3={peer3}")),
+            groups: Some(groups),
+            ..Default::default()
+        })
+        .expect("valid config")
+    }
+
+    #[test]
+    fn a_data_dir_refuses_another_group_count_or_member_list() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        check_identity(&config(dir.path(), 4, "127.0.0.1:7403")).expect("first start");
+        check_identity(&config(dir.path(), 4, "127.0.0.1:7403")).expect("same again");
+        let e = check_identity(&config(dir.path(), 8, "127.0.0.1:7403")).expect_err("groups");
+        assert!(e.to_string().contains("groups=4"), "{e}");
+        let e = check_identity(&config(dir.path(), 4, "10.0.0.3:7403")).expect_err("peers");
+        assert!(e.to_string().contains("10.0.0.3"), "{e}");
+    }
 
     #[test]
     fn key_ranges_tile_the_key_space_and_route_back() {

@@ -136,9 +136,28 @@ pub fn append_request_from_wire(
         .iter()
         .map(|b| codec::decode_entry(b).map_err(|e| Malformed(format!("entry: {e}"))))
         .collect::<Result<Vec<Entry>, _>>()?;
+    let vote = vote_from_wire(r.vote.as_ref())?;
+    let prev_log_id = opt_log_id_from_wire(r.prev_log_id.as_ref());
+    // openraft trusts its peers: reject what no honest leader sends before it gets there.
+    let mut next = prev_log_id.map_or(Some(0), |p| p.index.checked_add(1));
+    for e in &entries {
+        if Some(e.log_id.index) != next {
+            return Err(Malformed(format!(
+                "entries not consecutive after {prev_log_id:?}: got index {}",
+                e.log_id.index
+            )));
+        }
+        if e.log_id.leader_id.term > vote.leader_id.term {
+            return Err(Malformed(format!(
+                "entry {} of term {} is newer than the sender's vote (term {})",
+                e.log_id.index, e.log_id.leader_id.term, vote.leader_id.term
+            )));
+        }
+        next = e.log_id.index.checked_add(1);
+    }
     Ok(AppendEntriesRequest {
-        vote: vote_from_wire(r.vote.as_ref())?,
-        prev_log_id: opt_log_id_from_wire(r.prev_log_id.as_ref()),
+        vote,
+        prev_log_id,
         entries,
         leader_commit: opt_log_id_from_wire(r.leader_commit.as_ref()),
     })
@@ -234,8 +253,17 @@ pub fn snapshot_meta_from_wire(m: &wire::SnapshotMeta) -> Result<(Vote, Snapshot
     let vote = vote_from_wire(m.vote.as_ref())?;
     let membership = match &m.last_membership {
         Some(mm) => membership_from_wire(mm)?,
-        None => Membership::default(),
+        None => return Err(Malformed("snapshot meta without a membership".into())),
     };
+    // openraft asserts on a snapshot that claims entries newer than its sender's vote.
+    if let Some(last) = &m.last_log_id {
+        if last.term > vote.leader_id.term {
+            return Err(Malformed(format!(
+                "snapshot ends at term {} beyond the sender's vote (term {})",
+                last.term, vote.leader_id.term
+            )));
+        }
+    }
     let meta = SnapshotMeta {
         last_log_id: opt_log_id_from_wire(m.last_log_id.as_ref()),
         last_membership: StoredMembership::new(
@@ -311,6 +339,26 @@ mod tests {
             result: None
         })
         .is_err());
+        // Entries must follow prev_log_id one by one and be no newer than the vote.
+        let mut gap = append_request_to_wire(
+            1,
+            &AppendEntriesRequest::<TypeConfig> {
+                vote: vote(2, 1, true),
+                prev_log_id: Some(log_id(1, 1, 4)),
+                entries: vec![Entry {
+                    log_id: log_id(2, 1, 6),
+                    payload: EntryPayload::Blank,
+                }],
+                leader_commit: None,
+            },
+        );
+        assert!(append_request_from_wire(&gap).is_err(), "a hole after prev");
+        gap.vote = Some(vote_to_wire(&vote(1, 1, true)));
+        gap.prev_log_id = Some(log_id_to_wire(&log_id(1, 1, 5)));
+        assert!(
+            append_request_from_wire(&gap).is_err(),
+            "an entry newer than the vote"
+        );
         let bad = wire::Membership {
             configs: vec![wire::NodeIdSet { node_ids: vec![4] }],
             nodes: vec![],
@@ -333,5 +381,12 @@ mod tests {
             snapshot_meta_from_wire(&snapshot_meta_to_wire(&v, &meta, 10)).expect("decodes");
         assert_eq!(v2, v);
         assert_eq!(meta2, meta);
+
+        let mut w = snapshot_meta_to_wire(&v, &meta, 10);
+        w.vote = Some(vote_to_wire(&vote(3, 1, true)));
+        assert!(snapshot_meta_from_wire(&w).is_err(), "ends beyond the vote");
+        let mut w = snapshot_meta_to_wire(&v, &meta, 10);
+        w.last_membership = None;
+        assert!(snapshot_meta_from_wire(&w).is_err(), "no membership");
     }
 }

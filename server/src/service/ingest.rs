@@ -232,3 +232,38 @@ async fn propose_part(
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic::{Code, Status};
+
+    #[test]
+    fn an_ambiguous_forwarding_failure_says_retry() {
+        // Refusals before proposing keep their meaning.
+        for code in [
+            Code::InvalidArgument,
+            Code::ResourceExhausted,
+            Code::Unavailable,
+        ] {
+            let e = forward_error(&Status::new(code, "refused"));
+            assert_eq!(
+                Status::from(e).code(),
+                code,
+                "{code:?} is the leader's own answer"
+            );
+        }
+        // A reset stream, an undecodable or oversized answer: the part may have been
+        // applied, so the client must retry with the same ids, never "fix the request".
+        for code in [
+            Code::Internal,
+            Code::OutOfRange,
+            Code::Unknown,
+            Code::DataLoss,
+        ] {
+            let status = Status::from(forward_error(&Status::new(code, "h2 reset")));
+            assert_eq!(status.code(), Code::Unavailable, "{code:?}");
+            assert!(status.message().contains("retry with the same event ids"));
+        }
+    }
+}
