@@ -18,7 +18,13 @@ peers="1=127.0.0.1:$((base + 1)),2=127.0.0.1:$((base + 2)),3=127.0.0.1:$((base +
 pids=()
 cleanup() {
     for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-    sleep 1
+    # A node drains and stops within ~20 s (hand-off, drain, group stop limits).
+    for _ in $(seq 1 200); do
+        alive=0
+        for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
+        [ "$alive" = 0 ] && break
+        sleep 0.1
+    done
     for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
     rm -rf "$dir"
 }

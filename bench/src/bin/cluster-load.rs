@@ -118,11 +118,19 @@ async fn main() -> anyhow::Result<()> {
         let mut workload =
             Workload::new(cfg, args.seed * 1000 + c as u64).map_err(|e| anyhow::anyhow!(e))?;
         let batch = args.batch;
+        let clients = args.clients;
         tasks.push(tokio::spawn(async move {
             let mut client = grpc::IngestClient::new(ch).max_decoding_message_size(64 << 20);
             let mut local = hist();
             let mut sent = 0u64;
-            let began = Instant::now();
+            // Clients are staggered over one batch interval, so paced clients do not send
+            // in lockstep (which would offer the cluster bursts of `clients` batches).
+            let interval = if per_client_rate > 0.0 {
+                batch as f64 / per_client_rate
+            } else {
+                0.0
+            };
+            let began = Instant::now() + Duration::from_secs_f64(interval * c as f64 / clients as f64);
             while !stop.load(Ordering::Relaxed) {
                 if per_client_rate > 0.0 {
                     let due = began + Duration::from_secs_f64(sent as f64 / per_client_rate);
