@@ -249,15 +249,7 @@ impl NetVote<TypeConfig> for Conn {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RaftRpcError> {
-        let mut req = target(
-            tonic::Request::new(convert::vote_request_to_wire(self.group, &rpc)),
-            self.target,
-        );
-        req.set_timeout(option.hard_ttl());
-        match self.client.vote(req).await {
-            Ok(r) => convert::vote_response_from_wire(&self.ok(r.into_inner())).map_err(malformed),
-            Err(s) => Err(self.fail(&s)),
-        }
+        self.send_vote(rpc, option, false).await
     }
 
     async fn pre_vote(
@@ -265,12 +257,29 @@ impl NetVote<TypeConfig> for Conn {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RaftRpcError> {
+        self.send_vote(rpc, option, true).await
+    }
+}
+
+impl Conn {
+    /// Sends a vote or, with `pre`, a pre-vote request.
+    async fn send_vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+        pre: bool,
+    ) -> Result<VoteResponse<TypeConfig>, RaftRpcError> {
         let mut req = target(
             tonic::Request::new(convert::vote_request_to_wire(self.group, &rpc)),
             self.target,
         );
         req.set_timeout(option.hard_ttl());
-        match self.client.pre_vote(req).await {
+        let resp = if pre {
+            self.client.pre_vote(req).await
+        } else {
+            self.client.vote(req).await
+        };
+        match resp {
             Ok(r) => convert::vote_response_from_wire(&self.ok(r.into_inner())).map_err(malformed),
             Err(s) => Err(self.fail(&s)),
         }

@@ -59,6 +59,25 @@ impl RaftService {
     fn group(&self, id: u64) -> Result<&Arc<Group>, Status> {
         self.node.group(id).map_err(Status::from)
     }
+
+    /// A vote or, with `pre`, a pre-vote (which changes no state).
+    async fn handle_vote(
+        &self,
+        request: Request<wire::VoteRequest>,
+        pre: bool,
+    ) -> Result<Response<wire::VoteResponse>, Status> {
+        self.check_target(&request)?;
+        let req = request.into_inner();
+        let g = self.group(req.group_id)?;
+        let rpc = convert::vote_request_from_wire(&req).map_err(bad)?;
+        let resp = if pre {
+            g.raft.pre_vote(rpc).await
+        } else {
+            g.raft.vote(rpc).await
+        };
+        let resp = resp.map_err(|e| stopped(g.id, e))?;
+        Ok(Response::new(convert::vote_response_to_wire(g.id, &resp)))
+    }
 }
 
 fn bad(e: Malformed) -> Status {
@@ -77,24 +96,14 @@ impl grpc::Raft for RaftService {
         &self,
         request: Request<wire::VoteRequest>,
     ) -> Result<Response<wire::VoteResponse>, Status> {
-        self.check_target(&request)?;
-        let req = request.into_inner();
-        let g = self.group(req.group_id)?;
-        let rpc = convert::vote_request_from_wire(&req).map_err(bad)?;
-        let resp = g.raft.vote(rpc).await.map_err(|e| stopped(g.id, e))?;
-        Ok(Response::new(convert::vote_response_to_wire(g.id, &resp)))
+        self.handle_vote(request, false).await
     }
 
     async fn pre_vote(
         &self,
         request: Request<wire::VoteRequest>,
     ) -> Result<Response<wire::VoteResponse>, Status> {
-        self.check_target(&request)?;
-        let req = request.into_inner();
-        let g = self.group(req.group_id)?;
-        let rpc = convert::vote_request_from_wire(&req).map_err(bad)?;
-        let resp = g.raft.pre_vote(rpc).await.map_err(|e| stopped(g.id, e))?;
-        Ok(Response::new(convert::vote_response_to_wire(g.id, &resp)))
+        self.handle_vote(request, true).await
     }
 
     type AppendStream = BoxStream<wire::AppendResponse>;
