@@ -130,7 +130,8 @@ async fn main() -> anyhow::Result<()> {
             } else {
                 0.0
             };
-            let began = Instant::now() + Duration::from_secs_f64(interval * c as f64 / clients as f64);
+            let began =
+                Instant::now() + Duration::from_secs_f64(interval * c as f64 / clients as f64);
             while !stop.load(Ordering::Relaxed) {
                 if per_client_rate > 0.0 {
                     let due = began + Duration::from_secs_f64(sent as f64 / per_client_rate);
