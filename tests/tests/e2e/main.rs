@@ -13,6 +13,8 @@
 //!   5xx, and the nodes stay up.
 //! - [`filters`]: a registered filter counts exactly the matching clicks.
 //! - [`shutdown`]: SIGTERM during ingestion exits 0 and loses nothing acknowledged.
+//! - [`tooling`]: gRPC health and reflection answer as `grpcurl` needs them; `/metrics`
+//!   exposes the documented families.
 //!
 //! The binary `adclickd` must be built first (`cargo build -p adclick-server --bin
 //! adclickd`, or `cargo test --workspace`); `ADCLICKD_BIN` overrides its path. Clusters run
@@ -27,3 +29,4 @@ mod ingest_outcomes;
 mod read_write;
 mod shutdown;
 mod support;
+mod tooling;

@@ -1,0 +1,123 @@
+//! The operator's view: gRPC health and server reflection (what `grpcurl` needs to list
+//! and call the services without .proto files), and the metric families `/metrics` is
+//! documented to expose.
+
+use adclick_tests::{ingest_with_retry, ClickGen, Cluster, ClusterOptions, RetryPolicy};
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+use tonic_reflection::pb::v1::ServerReflectionRequest;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_reflection_and_metrics_serve_operators() {
+    let cluster = Cluster::start(ClusterOptions::default())
+        .await
+        .expect("cluster starts");
+
+    let mut health = HealthClient::new(cluster.channel(2));
+    for service in [
+        "",
+        "adclick.v1.Ingest",
+        "adclick.v1.Query",
+        "adclick.v1.Admin",
+    ] {
+        let status = health
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("health of {service:?}: {e}"))
+            .into_inner()
+            .status;
+        assert_eq!(status, ServingStatus::Serving as i32, "{service:?}");
+    }
+
+    // grpcurl's `list`: one ListServices request on the v1 reflection stream.
+    let mut reflection = ServerReflectionClient::new(cluster.channel(3));
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut answers = reflection
+        .server_reflection_info(tokio_stream_once(request))
+        .await
+        .expect("reflection answers")
+        .into_inner();
+    let answer = answers
+        .message()
+        .await
+        .expect("a reflection answer")
+        .expect("one message");
+    let Some(MessageResponse::ListServicesResponse(list)) = answer.message_response else {
+        panic!("expected a service list, got {answer:?}");
+    };
+    let names: Vec<&str> = list.service.iter().map(|s| s.name.as_str()).collect();
+    for want in [
+        "adclick.v1.Ingest",
+        "adclick.v1.Query",
+        "adclick.v1.Admin",
+        "grpc.health.v1.Health",
+    ] {
+        assert!(names.contains(&want), "{want} missing from {names:?}");
+    }
+    // grpcurl's `describe`: the file defining a service resolves.
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::FileContainingSymbol(
+            "adclick.v1.Query".into(),
+        )),
+    };
+    let mut answers = reflection
+        .server_reflection_info(tokio_stream_once(request))
+        .await
+        .expect("reflection answers")
+        .into_inner();
+    let answer = answers
+        .message()
+        .await
+        .expect("an answer")
+        .expect("one message");
+    assert!(
+        matches!(
+            answer.message_response,
+            Some(MessageResponse::FileDescriptorResponse(ref f)) if !f.file_descriptor_proto.is_empty()
+        ),
+        "expected the descriptor of adclick.v1.Query, got {answer:?}"
+    );
+
+    // Metrics after some traffic.
+    let mut gen = ClickGen::new(4, 7);
+    let batch = gen.batch(50);
+    ingest_with_retry(&mut [cluster.ingest(1)], 0, &batch, &RetryPolicy::default())
+        .await
+        .expect("a batch is ingested");
+    let resp = cluster.http(1).get("/metrics").await.expect("GET /metrics");
+    let body = resp.body;
+    assert_eq!(resp.status, 200, "{body}");
+    for family in [
+        "adclick_ingest_clicks_total",
+        "adclick_requests_total",
+        "adclick_request_duration_seconds",
+        "adclick_raft_is_leader",
+        "adclick_raft_applied_index",
+        "adclick_raft_apply_lag",
+        "adclick_watermark_delay_seconds",
+    ] {
+        assert!(
+            body.contains(family),
+            "{family} missing from /metrics:\n{body}"
+        );
+    }
+    assert!(
+        body.contains("adclick_ingest_clicks_total{node=\"1\",outcome=\"accepted\"} 50"),
+        "node 1 coordinated 50 accepted clicks:\n{body}"
+    );
+}
+
+/// A request stream of one message.
+fn tokio_stream_once<T: Send + 'static>(item: T) -> impl futures::Stream<Item = T> {
+    futures::stream::once(std::future::ready(item))
+}
