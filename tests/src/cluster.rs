@@ -69,8 +69,8 @@ pub fn adclickd_path() -> anyhow::Result<PathBuf> {
     }
     bail!(
         "the adclickd binary is missing: looked for {} (and {ENV_BIN} is not set). Build it \
-         with `cargo build -p adclick-server --bin adclickd` (plain `cargo test --workspace` \
-         builds it too), or set {ENV_BIN} to its path",
+         with `cargo build -p adclick-server --bin adclickd` (scripts/test does; `cargo test` \
+         alone does not build another package's binaries), or set {ENV_BIN} to its path",
         bin.display()
     )
 }

@@ -17,7 +17,8 @@
 //!   exposes the documented families.
 //!
 //! The binary `adclickd` must be built first (`cargo build -p adclick-server --bin
-//! adclickd`, or `cargo test --workspace`); `ADCLICKD_BIN` overrides its path. Clusters run
+//! adclickd`; `scripts/test` does, `cargo test` alone does not build another package's
+//! binaries); `ADCLICKD_BIN` overrides its path. Clusters run
 //! one at a time; a failing test prints the tail of every node's log, and
 //! `ADCLICK_KEEP_TEST_DIRS=1` keeps the data directories.
 
