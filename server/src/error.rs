@@ -67,6 +67,7 @@ impl From<adclick_storage::Error> for Error {
     fn from(e: adclick_storage::Error) -> Self {
         match e {
             adclick_storage::Error::InvalidArgument(m) => Error::InvalidArgument(m),
+            adclick_storage::Error::NotFound(m) => Error::NotFound(m),
             adclick_storage::Error::Closed => {
                 Error::Unavailable("the node is shutting down".into())
             }

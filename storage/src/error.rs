@@ -5,7 +5,8 @@
 //!   seeing it should stop serving.
 //! - [`Error::Corruption`]: bytes on disk are not what was written. Never retried, never
 //!   skipped: the operator must restore the named file from a replica.
-//! - [`Error::InvalidArgument`]: the request is wrong (unknown filter, bad range); fix it.
+//! - [`Error::InvalidArgument`]: the request is wrong (bad range); fix it.
+//! - [`Error::NotFound`]: the request names something that does not exist (a filter).
 //! - [`Error::Closed`]: the store is shutting down; retry on another node.
 
 use std::io;
@@ -40,6 +41,9 @@ pub enum Error {
     /// The request cannot be served as asked.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    /// The request names something that does not exist (a filter).
+    #[error("{0}")]
+    NotFound(String),
     /// The store is closed or shutting down.
     #[error("storage is closed")]
     Closed,
@@ -89,6 +93,7 @@ impl From<Error> for io::Error {
             }
             Error::Corruption { .. } => io::Error::new(io::ErrorKind::InvalidData, e.to_string()),
             Error::InvalidArgument(_) => io::Error::new(io::ErrorKind::InvalidInput, e.to_string()),
+            Error::NotFound(_) => io::Error::new(io::ErrorKind::NotFound, e.to_string()),
             Error::Closed => io::Error::new(io::ErrorKind::BrokenPipe, e.to_string()),
         }
     }

@@ -323,10 +323,10 @@ fn dropping_a_filter_removes_it_and_its_counters() {
         .reader()
         .count(&ad("ad1"), all_time(), Some("us"))
         .expect_err("dropped filter");
-    assert!(matches!(err, Error::InvalidArgument(_)), "{err}");
+    assert!(matches!(err, Error::NotFound(_)), "{err}");
     assert!(matches!(
         g.sm().reader().top(5, all_time(), Some("us")),
-        Err(Error::InvalidArgument(_))
+        Err(Error::NotFound(_))
     ));
     assert_eq!(
         g.cmd(Command::DropFilter { name: "us".into() }),

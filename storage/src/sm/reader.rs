@@ -150,7 +150,7 @@ fn slot(live: &Live, filter: Option<&str>) -> Result<Slot> {
             .filters
             .get(name)
             .map(|f| Slot::Filter(f.id))
-            .ok_or_else(|| Error::InvalidArgument(format!("unknown filter {name:?}"))),
+            .ok_or_else(|| Error::NotFound(format!("no filter named {name:?}"))),
     }
 }
 
@@ -160,7 +160,7 @@ impl SmReader {
     }
 
     /// Clicks of `ad` in `range` (optionally matching `filter`), and its late tally.
-    /// An unknown filter is `InvalidArgument`.
+    /// An unknown filter is `NotFound`.
     pub fn count(
         &self,
         ad: &AdId,
@@ -229,7 +229,7 @@ impl SmReader {
     }
 
     /// The exact top `n` ads of `range` (optionally matching `filter`), `n` capped at
-    /// [`MAX_TOP_N`]. An unknown filter is `InvalidArgument`.
+    /// [`MAX_TOP_N`]. An unknown filter is `NotFound`.
     pub fn top(&self, n: usize, range: MinuteRange, filter: Option<&str>) -> Result<TopAnswer> {
         check(range)?;
         let n = n.min(MAX_TOP_N);
