@@ -116,13 +116,28 @@ impl Group {
         }
     }
 
-    /// On the leader: confirms leadership with a quorum and returns the index a replica
-    /// must have applied to serve a linearizable read. `Ok(Err(hint))` when this node does
-    /// not lead the group.
+    /// On the leader: confirms leadership and returns the index a replica must have
+    /// applied to serve a linearizable read. `Ok(Err(hint))` when this node does not lead
+    /// the group.
+    ///
+    /// Leadership is confirmed by the leader lease when it is fresh (a quorum acknowledged
+    /// this leader within the last election timeout, and voters refuse to elect another
+    /// leader while they still hear from this one: openraft's `LeaseRead`, which assumes
+    /// clocks advance at about the same rate), else by a quorum heartbeat sent after the
+    /// request (`ReadIndex`). Under write load the lease is always fresh, so reads do not
+    /// wait behind a heartbeat round queued after appends.
     pub async fn read_index(
         &self,
         timeout: Duration,
     ) -> Result<std::result::Result<Option<u64>, Option<LeaderHint>>> {
+        if let Ok(Ok(l)) = tokio::time::timeout(
+            timeout,
+            self.raft.get_read_linearizer(ReadPolicy::LeaseRead),
+        )
+        .await
+        {
+            return Ok(Ok(Some(l.read_log_id().index())));
+        }
         let linear = tokio::time::timeout(
             timeout,
             self.raft.get_read_linearizer(ReadPolicy::ReadIndex),
