@@ -118,7 +118,9 @@ impl Default for ClusterOptions {
             extra_args: Vec::new(),
             ready_timeout: Duration::from_secs(30),
             rpc_timeout: Duration::from_secs(10),
-            stop_timeout: Duration::from_secs(10),
+            // Above the server's worst case for a graceful shutdown (leadership hand-offs,
+            // draining, flushing), so a slow but correct exit is not reported as a hang.
+            stop_timeout: Duration::from_secs(30),
             exclusive: true,
         }
     }
@@ -402,13 +404,20 @@ impl Cluster {
         self.wait_exit(id).await
     }
 
-    /// Sends SIGTERM to every running node at once, then waits for each (bounded as in
-    /// [`Cluster::stop`]); returns each node's exit status.
+    /// Stops every running node at once: freezes them all (one `kill -STOP` naming every
+    /// pid), queues SIGTERM for all (one `kill -TERM`), and resumes them together (one
+    /// `kill -CONT`), so every node starts its shutdown at the same moment and sees its
+    /// peers stopping too (they hand no leadership to a stopping peer). Then waits for each
+    /// (bounded as in [`Cluster::stop`]) and returns each node's exit status.
+    ///
+    /// (SIGKILL is no substitute: the state machines write without a WAL, so a killed
+    /// node's on-disk state is only its last flush.)
     pub async fn stop_all(&mut self) -> anyhow::Result<Vec<(u64, ExitStatus)>> {
         let ids = self.live_ids();
-        for &id in &ids {
-            self.sigterm(id)?;
-        }
+        self.signal(&ids, "STOP")?;
+        let sent = self.signal(&ids, "TERM");
+        self.signal(&ids, "CONT")?;
+        sent?;
         let mut out = Vec::new();
         for id in ids {
             out.push((id, self.wait_exit(id).await?));
@@ -416,17 +425,46 @@ impl Cluster {
         Ok(out)
     }
 
+    /// Pauses node `id` with SIGSTOP: the process stays alive but does nothing (no
+    /// heartbeats, no answers) until [`Cluster::resume`].
+    pub fn pause(&self, id: u64) -> anyhow::Result<()> {
+        self.signal(&[id], "STOP")
+    }
+
+    /// Resumes node `id` (SIGCONT) after [`Cluster::pause`].
+    pub fn resume(&self, id: u64) -> anyhow::Result<()> {
+        self.signal(&[id], "CONT")
+    }
+
     fn sigterm(&mut self, id: u64) -> anyhow::Result<()> {
-        let Some(pid) = self.pid(id) else {
-            bail!("node {id} is not running");
-        };
-        self.note(id, &format!("sending SIGTERM to node {id} (pid {pid})"));
+        self.signal(&[id], "TERM")
+    }
+
+    /// Sends `SIG<sig>` to the nodes `ids` with one `kill` command.
+    fn signal(&self, ids: &[u64], sig: &str) -> anyhow::Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut pids = Vec::new();
+        for &id in ids {
+            let Some(pid) = self.pid(id) else {
+                bail!("node {id} is not running");
+            };
+            pids.push(pid.to_string());
+        }
+        for (&id, pid) in ids.iter().zip(&pids) {
+            self.note(id, &format!("sending SIG{sig} to node {id} (pid {pid})"));
+        }
         let status = Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
+            .arg(format!("-{sig}"))
+            .args(&pids)
             .status()
-            .context("running `kill -TERM`")?;
+            .with_context(|| format!("running `kill -{sig}`"))?;
         if !status.success() {
-            bail!("`kill -TERM {pid}` (node {id}) failed: {status}");
+            bail!(
+                "`kill -{sig} {}` (nodes {ids:?}) failed: {status}",
+                pids.join(" ")
+            );
         }
         Ok(())
     }

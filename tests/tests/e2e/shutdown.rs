@@ -76,7 +76,20 @@ async fn sigterm_during_ingestion_exits_cleanly_and_loses_nothing_acknowledged()
         (0, 0),
         "fresh clicks are never late or rejected"
     );
+    // Every batch was answered in the end, so every attempted event id is acknowledged:
+    // with the exact counts below, nothing attempted was lost or counted twice.
+    assert_eq!(ledger.pending_batches(), 0, "no batch is left unanswered");
+    assert_eq!(
+        ledger.acked(),
+        ledger.attempted(),
+        "every attempted event id is acknowledged once settled"
+    );
     let acked = with_zeros(&ads, &ledger.acked_per_ad());
+    assert_eq!(
+        acked,
+        with_zeros(&ads, &ledger.attempted_per_ad()),
+        "acknowledged and attempted event ids per ad"
+    );
     let range = range_since(t0);
     for node in cluster.live_ids() {
         check_counts(&cluster, node, &acked, range, "", LIN)

@@ -2,6 +2,8 @@
 //! and call the services without .proto files), and the metric families `/metrics` is
 //! documented to expose.
 
+use std::time::Duration;
+
 use adclick_tests::{ingest_with_retry, ClickGen, Cluster, ClusterOptions, RetryPolicy};
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
@@ -46,9 +48,9 @@ async fn health_reflection_and_metrics_serve_operators() {
         .await
         .expect("reflection answers")
         .into_inner();
-    let answer = answers
-        .message()
+    let answer = tokio::time::timeout(ANSWER_TIMEOUT, answers.message())
         .await
+        .expect("a reflection answer in time")
         .expect("a reflection answer")
         .expect("one message");
     let Some(MessageResponse::ListServicesResponse(list)) = answer.message_response else {
@@ -75,9 +77,9 @@ async fn health_reflection_and_metrics_serve_operators() {
         .await
         .expect("reflection answers")
         .into_inner();
-    let answer = answers
-        .message()
+    let answer = tokio::time::timeout(ANSWER_TIMEOUT, answers.message())
         .await
+        .expect("an answer in time")
         .expect("an answer")
         .expect("one message");
     assert!(
@@ -91,9 +93,10 @@ async fn health_reflection_and_metrics_serve_operators() {
     // Metrics after some traffic.
     let mut gen = ClickGen::new(4, 7);
     let batch = gen.batch(50);
-    ingest_with_retry(&mut [cluster.ingest(1)], 0, &batch, &RetryPolicy::default())
-        .await
-        .expect("a batch is ingested");
+    let (_, attempts) =
+        ingest_with_retry(&mut [cluster.ingest(1)], 0, &batch, &RetryPolicy::default())
+            .await
+            .expect("a batch is ingested");
     let resp = cluster.http(1).get("/metrics").await.expect("GET /metrics");
     let body = resp.body;
     assert_eq!(resp.status, 200, "{body}");
@@ -111,11 +114,36 @@ async fn health_reflection_and_metrics_serve_operators() {
             "{family} missing from /metrics:\n{body}"
         );
     }
-    assert!(
-        body.contains("adclick_ingest_clicks_total{node=\"1\",outcome=\"accepted\"} 50"),
-        "node 1 coordinated 50 accepted clicks:\n{body}"
-    );
+    // Whole lines: a substring test for `... 50` would also match `... 500`.
+    let value = |outcome: &str| -> Option<u64> {
+        let prefix = format!("adclick_ingest_clicks_total{{node=\"1\",outcome=\"{outcome}\"}} ");
+        body.lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .map(|v| {
+                v.parse()
+                    .unwrap_or_else(|_| panic!("{prefix}{v}: not a count:\n{body}"))
+            })
+    };
+    if attempts == 1 {
+        assert!(
+            body.lines()
+                .any(|l| l == "adclick_ingest_clicks_total{node=\"1\",outcome=\"accepted\"} 50"),
+            "node 1 coordinated 50 accepted clicks:\n{body}"
+        );
+    } else {
+        // An attempt applied with its answer lost makes the retry answer DUPLICATE.
+        let (accepted, duplicate) = (value("accepted"), value("duplicate"));
+        assert!(
+            accepted.is_some_and(|a| a <= 50)
+                && accepted.unwrap_or(0) + duplicate.unwrap_or(0) >= 50,
+            "node 1 coordinated at most 50 accepted clicks, and 50 acknowledged ones over \
+             {attempts} attempts (accepted {accepted:?}, duplicate {duplicate:?}):\n{body}"
+        );
+    }
 }
+
+/// Bound on waiting for one message of a reflection stream.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A request stream of one message.
 fn tokio_stream_once<T: Send + 'static>(item: T) -> impl futures::Stream<Item = T> {
