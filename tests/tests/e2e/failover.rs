@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use adclick_tests::{now_ms, BackgroundIngest, ClickGen, Cluster, ClusterOptions, RetryPolicy};
 
-use crate::support::{check_counts, range_since, with_zeros, LIN};
+use crate::support::check_settled;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_a_group_leader_loses_no_acknowledged_click() {
@@ -96,30 +96,5 @@ async fn killing_a_group_leader_loses_no_acknowledged_click() {
         ledger.errors,
         ledger.retry_reasons
     );
-    assert_eq!(
-        (ledger.late, ledger.rejected),
-        (0, 0),
-        "fresh clicks are never late or rejected"
-    );
-
-    // Every batch was answered in the end, so every attempted event id is acknowledged:
-    // with the exact counts below, nothing attempted was lost or counted twice.
-    assert_eq!(ledger.pending_batches(), 0, "no batch is left unanswered");
-    assert_eq!(
-        ledger.acked(),
-        ledger.attempted(),
-        "every attempted event id is acknowledged once settled"
-    );
-    let acked = with_zeros(&ads, &ledger.acked_per_ad());
-    assert_eq!(
-        acked,
-        with_zeros(&ads, &ledger.attempted_per_ad()),
-        "acknowledged and attempted event ids per ad"
-    );
-    let range = range_since(t0);
-    for node in cluster.ids() {
-        check_counts(&cluster, node, &acked, range, "", LIN)
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-    }
+    check_settled(&cluster, &cluster.ids(), &ledger, &ads, t0).await;
 }

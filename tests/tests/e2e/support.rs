@@ -238,3 +238,40 @@ pub fn http_popular(resp: &HttpResponse) -> Result<Vec<(String, u64)>, String> {
         })
         .collect()
 }
+
+/// After a fault run has settled its ledger: nothing pending, fresh clicks neither late nor
+/// rejected, every attempted id acknowledged, and every node in `nodes` answering exactly
+/// the acknowledged count per ad (linearizable). With the exact counts, nothing attempted
+/// was lost or counted twice. Returns the acknowledged counts per ad.
+pub async fn check_settled(
+    cluster: &Cluster,
+    nodes: &[u64],
+    ledger: &adclick_tests::Ledger,
+    ads: &[String],
+    t0: i64,
+) -> BTreeMap<String, u64> {
+    assert_eq!(
+        (ledger.late, ledger.rejected),
+        (0, 0),
+        "fresh clicks are never late or rejected"
+    );
+    assert_eq!(ledger.pending_batches(), 0, "no batch is left unanswered");
+    assert_eq!(
+        ledger.acked(),
+        ledger.attempted(),
+        "every attempted event id is acknowledged once settled"
+    );
+    let acked = with_zeros(ads, &ledger.acked_per_ad());
+    assert_eq!(
+        acked,
+        with_zeros(ads, &ledger.attempted_per_ad()),
+        "acknowledged and attempted event ids per ad"
+    );
+    let range = range_since(t0);
+    for &node in nodes {
+        check_counts(cluster, node, &acked, range, "", LIN)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    acked
+}

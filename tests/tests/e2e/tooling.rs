@@ -39,20 +39,7 @@ async fn health_reflection_and_metrics_serve_operators() {
 
     // grpcurl's `list`: one ListServices request on the v1 reflection stream.
     let mut reflection = ServerReflectionClient::new(cluster.channel(3));
-    let request = ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(MessageRequest::ListServices(String::new())),
-    };
-    let mut answers = reflection
-        .server_reflection_info(tokio_stream_once(request))
-        .await
-        .expect("reflection answers")
-        .into_inner();
-    let answer = tokio::time::timeout(ANSWER_TIMEOUT, answers.message())
-        .await
-        .expect("a reflection answer in time")
-        .expect("a reflection answer")
-        .expect("one message");
+    let answer = reflect(&mut reflection, MessageRequest::ListServices(String::new())).await;
     let Some(MessageResponse::ListServicesResponse(list)) = answer.message_response else {
         panic!("expected a service list, got {answer:?}");
     };
@@ -66,22 +53,11 @@ async fn health_reflection_and_metrics_serve_operators() {
         assert!(names.contains(&want), "{want} missing from {names:?}");
     }
     // grpcurl's `describe`: the file defining a service resolves.
-    let request = ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(MessageRequest::FileContainingSymbol(
-            "adclick.v1.Query".into(),
-        )),
-    };
-    let mut answers = reflection
-        .server_reflection_info(tokio_stream_once(request))
-        .await
-        .expect("reflection answers")
-        .into_inner();
-    let answer = tokio::time::timeout(ANSWER_TIMEOUT, answers.message())
-        .await
-        .expect("an answer in time")
-        .expect("an answer")
-        .expect("one message");
+    let answer = reflect(
+        &mut reflection,
+        MessageRequest::FileContainingSymbol("adclick.v1.Query".into()),
+    )
+    .await;
     assert!(
         matches!(
             answer.message_response,
@@ -144,6 +120,27 @@ async fn health_reflection_and_metrics_serve_operators() {
 
 /// Bound on waiting for one message of a reflection stream.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One request on a reflection stream and its first answer, bounded in time.
+async fn reflect(
+    client: &mut ServerReflectionClient<tonic::transport::Channel>,
+    request: MessageRequest,
+) -> tonic_reflection::pb::v1::ServerReflectionResponse {
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(request),
+    };
+    let mut answers = client
+        .server_reflection_info(tokio_stream_once(request))
+        .await
+        .expect("reflection answers")
+        .into_inner();
+    tokio::time::timeout(ANSWER_TIMEOUT, answers.message())
+        .await
+        .expect("a reflection answer in time")
+        .expect("a reflection answer")
+        .expect("one message")
+}
 
 /// A request stream of one message.
 fn tokio_stream_once<T: Send + 'static>(item: T) -> impl futures::Stream<Item = T> {
