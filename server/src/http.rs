@@ -45,7 +45,6 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Instant;
 
 use adclick_proto::convert::{
     format_timestamp_ms, parse_timestamp_ms, CountQuery, ReadConsistency, TimeSpec, TopQuery,
@@ -185,13 +184,7 @@ where
     T: Serialize,
     F: Future<Output = std::result::Result<T, Failure>>,
 {
-    let started = Instant::now();
-    let result = match node.begin() {
-        Ok(_guard) => f.await,
-        Err(e) => Err(Failure::Op(e)),
-    };
-    node.metrics.record(op, started.elapsed(), result.is_ok());
-    match result {
+    match node.serve(op, f).await {
         Ok(answer) => Json(answer).into_response(),
         Err(Failure::Op(e)) => error_response(&e),
         Err(Failure::Http(status, message)) => json_error(status, message),

@@ -259,6 +259,42 @@ impl Node {
         Ok(guard)
     }
 
+    /// Runs a client operation: refused once the node drains, counted and timed as `op`.
+    /// Every client surface (gRPC, HTTP) serves its operations through this.
+    pub async fn serve<T, E, F>(&self, op: crate::metrics::Op, f: F) -> std::result::Result<T, E>
+    where
+        E: From<Error>,
+        F: std::future::Future<Output = std::result::Result<T, E>>,
+    {
+        let started = std::time::Instant::now();
+        let result = match self.begin() {
+            Ok(_guard) => f.await,
+            Err(e) => Err(E::from(e)),
+        };
+        self.metrics.record(op, started.elapsed(), result.is_ok());
+        result
+    }
+
+    /// Takes `n` units of `budget`, waiting at most `wait`; RESOURCE_EXHAUSTED (`what`
+    /// is exhausted, retry after `retry_after`) when there is no room by then.
+    pub async fn admit(
+        budget: &Arc<Semaphore>,
+        n: usize,
+        wait: Duration,
+        what: impl FnOnce() -> String,
+        retry_after: Duration,
+    ) -> Result<tokio::sync::OwnedSemaphorePermit> {
+        let n = u32::try_from(n).unwrap_or(u32::MAX);
+        match tokio::time::timeout(wait, Arc::clone(budget).acquire_many_owned(n)).await {
+            Ok(Ok(p)) => Ok(p),
+            Ok(Err(_)) => Err(Error::Unavailable("the node is shutting down".into())),
+            Err(_) => Err(Error::Overloaded {
+                message: what(),
+                retry_after,
+            }),
+        }
+    }
+
     /// Whether the node is stopping (it refuses to take leaderships from then on).
     pub fn is_leaving(&self) -> bool {
         self.leaving.load(Ordering::Acquire)
@@ -628,12 +664,7 @@ impl Node {
         // both barriers a pass never undoes a newer decision.
         let meta = self.group(META_GROUP)?;
         self.read_barrier(meta).await?;
-        let wanted: BTreeMap<String, String> = meta
-            .reader
-            .filters()?
-            .into_iter()
-            .map(|f| (f.name, f.expr))
-            .collect();
+        let wanted = registry(meta)?;
         let passes = led.iter().map(|g| self.reconcile_group(g, &wanted));
         let results = futures::future::join_all(passes).await;
         for (g, r) in led.iter().zip(results) {
@@ -647,12 +678,7 @@ impl Node {
     /// Brings one data group's filters (this node leads it) in line with `wanted`.
     async fn reconcile_group(&self, g: &Group, wanted: &BTreeMap<String, String>) -> Result<()> {
         self.read_barrier(g).await?;
-        let have: BTreeMap<String, String> = g
-            .reader
-            .filters()?
-            .into_iter()
-            .map(|f| (f.name, f.expr))
-            .collect();
+        let have = registry(g)?;
         for (name, expr) in &have {
             if wanted.get(name) != Some(expr) {
                 let cmd = Command::DropFilter { name: name.clone() };
@@ -741,6 +767,15 @@ impl Node {
             futures::future::join_all(rounds).await;
         }
     }
+}
+
+/// A group replica's filters: name → canonical expression.
+fn registry(g: &Group) -> Result<BTreeMap<String, String>> {
+    Ok(g.reader
+        .filters()?
+        .into_iter()
+        .map(|f| (f.name, f.expr))
+        .collect())
 }
 
 fn no_leader(g: u64) -> Error {

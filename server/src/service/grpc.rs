@@ -3,7 +3,6 @@
 //! through the one `Error -> Status` mapping.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use adclick_proto::convert::{CountQuery, TopQuery};
 use adclick_proto::wire::{self, grpc, metadata};
@@ -30,15 +29,11 @@ impl ClientServices {
     where
         F: std::future::Future<Output = Result<T>>,
     {
-        let started = Instant::now();
-        let result = match self.node.begin() {
-            Ok(_guard) => f.await,
-            Err(e) => Err(e),
-        };
         self.node
-            .metrics
-            .record(op, started.elapsed(), result.is_ok());
-        result.map(Response::new).map_err(Status::from)
+            .serve(op, f)
+            .await
+            .map(Response::new)
+            .map_err(Status::from)
     }
 }
 

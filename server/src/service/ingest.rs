@@ -17,7 +17,6 @@ use adclick_proto::model::{shard_key, Click, Outcome, Tally};
 use adclick_proto::wire::{self, grpc::IngestClient};
 use adclick_storage::types::{Command, CommandResponse, IngestBatch};
 use futures::future::try_join_all;
-use tokio::sync::Semaphore;
 
 use crate::error::{Error, Result};
 use crate::group::{Group, Proposal};
@@ -48,7 +47,14 @@ pub async fn ingest(
     } else {
         &node.client_budget
     };
-    let _permit = admit(budget, n).await?;
+    let _permit = Node::admit(
+        budget,
+        n,
+        ADMISSION_WAIT,
+        || "too many clicks in flight on this node".into(),
+        Duration::from_millis(200),
+    )
+    .await?;
 
     // Route each click by its ad id as sent (valid or not): the node that proposes a
     // group's part validates it, so a forwarded part travels exactly as the client sent it.
@@ -94,19 +100,6 @@ pub async fn ingest(
         results,
         tally: Some(tally.into()),
     })
-}
-
-/// Takes room for `n` clicks from `budget`, waiting briefly.
-async fn admit(budget: &Arc<Semaphore>, n: usize) -> Result<tokio::sync::OwnedSemaphorePermit> {
-    let n = u32::try_from(n).unwrap_or(u32::MAX);
-    match tokio::time::timeout(ADMISSION_WAIT, Arc::clone(budget).acquire_many_owned(n)).await {
-        Ok(Ok(p)) => Ok(p),
-        Ok(Err(_)) => Err(Error::Unavailable("the node is shutting down".into())),
-        Err(_) => Err(Error::Overloaded {
-            message: "too many clicks in flight on this node".into(),
-            retry_after: Duration::from_millis(200),
-        }),
-    }
 }
 
 /// Writes one group's part of a batch and returns its results, in order: proposed here

@@ -5,6 +5,7 @@
 //! answers from the replica as it is. State-machine reads run on the blocking pool.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use adclick_proto::convert::{CountQuery, ReadConsistency, TopQuery};
 use adclick_proto::model::{sort_top, AdCount, MinuteRange};
@@ -13,24 +14,20 @@ use futures::future::try_join_all;
 
 use crate::error::{blocking, Error, Result};
 use crate::group::Group;
-use crate::node::{now_ms, Node};
+use crate::node::{now_ms, Node, MAX_CONCURRENT_QUERIES};
 
 /// Answers a count query.
 pub async fn count(node: &Arc<Node>, q: CountQuery) -> Result<wire::CountResponse> {
     let _permit = admit(node).await?;
     let range = q.range.resolve(now_ms())?;
     let group = Arc::clone(node.group_of(&q.ad_id));
-    prepare(
-        node,
-        &group,
-        q.consistency,
-        q.filter.as_ref().map(|f| f.as_str()),
-    )
-    .await?;
+    prepare(node, &group, q.consistency).await?;
     let reader = group.reader.clone();
     let filter = q.filter.map(|f| f.as_str().to_owned());
     let ad = q.ad_id;
-    let answer = blocking(move || reader.count(&ad, range, filter.as_deref())).await?;
+    let answer = blocking(move || reader.count(&ad, range, filter.as_deref()))
+        .await
+        .map_err(filter_hint)?;
     Ok(wire::CountResponse {
         count: answer.count,
         late: answer.late,
@@ -55,12 +52,14 @@ pub async fn top(node: &Arc<Node>, q: TopQuery) -> Result<wire::TopResponse> {
         let group = Arc::clone(g);
         let filter = filter.clone();
         async move {
-            prepare(&node, &group, q.consistency, filter.as_deref()).await?;
+            prepare(&node, &group, q.consistency).await?;
             // The watermark is read before the counts: minutes at or before it were final
             // already, so the answer never calls a minute final that it summed early.
             let watermark_ms = group.reader.watermark_ms()?;
             let reader = group.reader.clone();
-            let answer = blocking(move || reader.top(n, range, filter.as_deref())).await?;
+            let answer = blocking(move || reader.top(n, range, filter.as_deref()))
+                .await
+                .map_err(filter_hint)?;
             let position = wire::GroupPosition {
                 group_id: group.id,
                 node_id: node.id(),
@@ -88,39 +87,32 @@ pub async fn top(node: &Arc<Node>, q: TopQuery) -> Result<wire::TopResponse> {
 
 /// Takes one of the node's query slots, waiting briefly.
 async fn admit(node: &Node) -> Result<tokio::sync::OwnedSemaphorePermit> {
-    let slot = Arc::clone(&node.query_budget).acquire_owned();
-    match tokio::time::timeout(std::time::Duration::from_millis(500), slot).await {
-        Ok(Ok(p)) => Ok(p),
-        Ok(Err(_)) => Err(Error::Unavailable("the node is shutting down".into())),
-        Err(_) => Err(Error::Overloaded {
-            message: format!(
-                "{} queries already running on this node",
-                crate::node::MAX_CONCURRENT_QUERIES
-            ),
-            retry_after: std::time::Duration::from_millis(100),
-        }),
-    }
+    Node::admit(
+        &node.query_budget,
+        1,
+        Duration::from_millis(500),
+        || format!("{MAX_CONCURRENT_QUERIES} queries already running on this node"),
+        Duration::from_millis(100),
+    )
+    .await
 }
 
-/// Makes the replica ready to answer: the read barrier for linearizable reads, and a
-/// NOT_FOUND for a filter the group does not know.
-async fn prepare(
-    node: &Node,
-    group: &Group,
-    consistency: ReadConsistency,
-    filter: Option<&str>,
-) -> Result<()> {
+/// Makes the replica ready to answer: the read barrier for linearizable reads. (An
+/// unknown filter is the state machine's NOT_FOUND, see [`filter_hint`].)
+async fn prepare(node: &Node, group: &Group, consistency: ReadConsistency) -> Result<()> {
     if consistency == ReadConsistency::Linearizable {
         node.read_barrier(group).await?;
     }
-    if let Some(name) = filter {
-        let known = group.reader.filters()?.iter().any(|f| f.name == name);
-        if !known {
-            return Err(Error::NotFound(format!(
-                "no filter named {name:?} (list them with ListFilters; a filter created \
-                 moments ago may still be reaching this group: retry)"
-            )));
-        }
-    }
     Ok(())
+}
+
+/// Adds what to do to the state machine's NOT_FOUND for an unknown filter.
+fn filter_hint(e: Error) -> Error {
+    match e {
+        Error::NotFound(m) => Error::NotFound(format!(
+            "{m} (list them with ListFilters; a filter created moments ago may still be \
+             reaching this group: retry)"
+        )),
+        other => other,
+    }
 }
