@@ -7,6 +7,7 @@
 #   bench/scripts/cluster-load.sh --clients 1 --duration 20
 #   bench/scripts/cluster-load.sh --clients 8 --duration 20
 #   bench/scripts/cluster-load.sh --clients 8 --rate 50000 --duration 30
+#   ADCLICKD=/path/to/other/adclickd bench/scripts/cluster-load.sh ...   (A/B a build)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 cargo build --release --locked -q -p adclick-server -p adclick-bench --bin adclickd --bin cluster-load
@@ -30,7 +31,7 @@ cleanup() {
 }
 trap cleanup EXIT
 for i in 1 2 3; do
-    RUST_LOG=${RUST_LOG:-warn} "$bin/adclickd" --node-id $i --data-dir "$dir/n$i" \
+    RUST_LOG=${RUST_LOG:-warn} "${ADCLICKD:-$bin/adclickd}" --node-id $i --data-dir "$dir/n$i" \
         --listen 127.0.0.1:$((base + i)) --http 127.0.0.1:$((base + 100 + i)) \
         --peers "$peers" >"$dir/n$i.log" 2>&1 &
     pids+=($!)
