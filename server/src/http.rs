@@ -51,6 +51,7 @@ use adclick_proto::convert::{
     DEFAULT_TOP_N, MAX_TOP_N,
 };
 use adclick_proto::filter::FilterName;
+use adclick_proto::json::{self, ClickObject};
 use adclick_proto::model::{AdId, Click, InvalidInput, Outcome, Tally};
 use adclick_proto::wire;
 use axum::body::Bytes;
@@ -61,7 +62,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::metrics::Op;
@@ -725,16 +726,9 @@ fn parse_ndjson(body: &[u8], max: usize) -> Result<Vec<ParsedClick>> {
         if clicks.len() == max {
             return Err(too_many_clicks(max));
         }
-        let ClickObject(click) = serde_json::from_slice(line).map_err(|e| {
-            let (message, _, column) = without_position(&e);
-            let at = if column > 0 {
-                format!(" (column {column})")
-            } else {
-                String::new()
-            };
-            Error::InvalidArgument(format!("line {}: {message}{at}", i + 1))
-        })?;
-        clicks.push(click.into_wire());
+        let click = json::parse_line(line)
+            .map_err(|e| Error::InvalidArgument(format!("line {}: {e}", i + 1)))?;
+        clicks.push(click);
     }
     Ok(clicks)
 }
@@ -749,7 +743,7 @@ fn parse_array(body: &[u8], max: usize) -> Result<Vec<ParsedClick>> {
             if over.get() {
                 return too_many_clicks(max);
             }
-            let (message, line, column) = without_position(&e);
+            let (message, line, column) = json::without_position(&e);
             let at = if line > 0 {
                 format!(" (line {line}, column {column})")
             } else {
@@ -757,103 +751,7 @@ fn parse_array(body: &[u8], max: usize) -> Result<Vec<ParsedClick>> {
             };
             Error::InvalidArgument(format!("{message}{at}"))
         })?;
-    Ok(clicks.into_iter().map(ClickJson::into_wire).collect())
-}
-
-/// A serde_json error's message without the ` at line L column C` it appends, and L, C.
-fn without_position(e: &serde_json::Error) -> (String, usize, usize) {
-    let text = e.to_string();
-    let suffix = format!(" at line {} column {}", e.line(), e.column());
-    let message = text.strip_suffix(&suffix).unwrap_or(&text).to_owned();
-    (message, e.line(), e.column())
-}
-
-/// A click as `POST /clicks` takes it.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, expecting = "a click object")]
-struct ClickJson {
-    event_id: String,
-    ad_id: String,
-    timestamp: Timestamp,
-    ip: String,
-    #[serde(default)]
-    user_id: Option<String>,
-    #[serde(default)]
-    country: Option<String>,
-}
-
-impl ClickJson {
-    fn into_wire(self) -> ParsedClick {
-        Ok(wire::Click {
-            event_id: Bytes::from(self.event_id.into_bytes()),
-            ad_id: self.ad_id,
-            event_time_ms: self.timestamp.0?,
-            user_id: self.user_id.unwrap_or_default(),
-            ip: self.ip,
-            country: self.country.unwrap_or_default(),
-        })
-    }
-}
-
-/// A [`ClickJson`] that must be a JSON object: serde's derived impls would also take a
-/// JSON array of the values in field order, which no producer means.
-struct ClickObject(ClickJson);
-
-impl<'de> Deserialize<'de> for ClickObject {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = ClickObject;
-
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a click object")
-            }
-
-            fn visit_map<A: de::MapAccess<'de>>(
-                self,
-                map: A,
-            ) -> std::result::Result<ClickObject, A::Error> {
-                ClickJson::deserialize(de::value::MapAccessDeserializer::new(map)).map(ClickObject)
-            }
-        }
-        d.deserialize_map(V)
-    }
-}
-
-/// A click's `timestamp`: epoch ms (a JSON integer) or a string, RFC 3339 or epoch ms.
-/// A string that does not parse is kept as the click's error, not the body's.
-#[derive(Debug)]
-struct Timestamp(std::result::Result<i64, InvalidInput>);
-
-impl<'de> Deserialize<'de> for Timestamp {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        struct V;
-        impl Visitor<'_> for V {
-            type Value = Timestamp;
-
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("epoch milliseconds (an integer) or an RFC 3339 date-time string")
-            }
-
-            fn visit_i64<E: de::Error>(self, v: i64) -> std::result::Result<Timestamp, E> {
-                Ok(Timestamp(Ok(v)))
-            }
-
-            fn visit_u64<E: de::Error>(self, v: u64) -> std::result::Result<Timestamp, E> {
-                Ok(Timestamp(i64::try_from(v).map_err(|_| {
-                    InvalidInput::Malformed {
-                        field: "timestamp",
-                        reason: format!("{v} is out of range"),
-                    }
-                })))
-            }
-
-            fn visit_str<E: de::Error>(self, v: &str) -> std::result::Result<Timestamp, E> {
-                Ok(Timestamp(parse_timestamp_ms("timestamp", v)))
-            }
-        }
-        d.deserialize_any(V)
-    }
+    Ok(clicks.into_iter().map(ClickObject::into_wire).collect())
 }
 
 /// Visits a JSON array of clicks, whose errors name the element (from 1), taking at most
@@ -864,7 +762,7 @@ struct ClickArray<'a> {
 }
 
 impl<'de> Visitor<'de> for ClickArray<'_> {
-    type Value = Vec<ClickJson>;
+    type Value = Vec<ClickObject>;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a JSON array of click objects")
@@ -873,7 +771,7 @@ impl<'de> Visitor<'de> for ClickArray<'_> {
     fn visit_seq<A: SeqAccess<'de>>(
         self,
         mut seq: A,
-    ) -> std::result::Result<Vec<ClickJson>, A::Error> {
+    ) -> std::result::Result<Vec<ClickObject>, A::Error> {
         let cap = seq.size_hint().unwrap_or(0).min(self.max).min(4096);
         let mut clicks = Vec::with_capacity(cap);
         loop {
@@ -885,7 +783,7 @@ impl<'de> Visitor<'de> for ClickArray<'_> {
                 seq.next_element::<ClickObject>()
             };
             match next {
-                Ok(Some(ClickObject(c))) => clicks.push(c),
+                Ok(Some(c)) => clicks.push(c),
                 Ok(None) => return Ok(clicks),
                 Err(e) if self.over.get() => return Err(e),
                 // The inner error's text carries its position; the outer one gets the
