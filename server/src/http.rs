@@ -299,7 +299,7 @@ async fn clicks(
         if refused.rejected > 0 {
             node.metrics.record_tally(&refused);
         }
-        let resp = ingest::ingest(&node, valid, false).await?;
+        let resp = ingest::ingest(&node, valid, ingest::Origin::Client).await?;
         let mut tally = resp.tally.map(Tally::from).unwrap_or_default();
         tally.merge(&refused);
         let mut answered = resp.results.iter();

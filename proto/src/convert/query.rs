@@ -55,6 +55,42 @@ pub struct TopQuery {
     pub consistency: ReadConsistency,
 }
 
+impl CountQuery {
+    /// A linearizable count of `ad_id`'s clicks over `range`, with no filter.
+    pub fn new(ad_id: AdId, range: TimeSpec) -> Self {
+        CountQuery {
+            ad_id,
+            range,
+            filter: None,
+            consistency: ReadConsistency::Linearizable,
+        }
+    }
+}
+
+impl TopQuery {
+    /// A linearizable top-`n` over `range`, with no filter. `n` must be 1 to
+    /// [`MAX_TOP_N`]; [`TopQuery::validate`] checks it.
+    pub fn new(n: u32, range: TimeSpec) -> Self {
+        TopQuery {
+            n,
+            range,
+            filter: None,
+            consistency: ReadConsistency::Linearizable,
+        }
+    }
+
+    /// Checks `n` and the range, for a value built from its public fields.
+    pub fn validate(&self) -> Result<(), InvalidInput> {
+        if self.n == 0 || self.n > MAX_TOP_N {
+            return Err(InvalidInput::Malformed {
+                field: "n",
+                reason: format!("{} is outside 1 to {MAX_TOP_N}", self.n),
+            });
+        }
+        self.range.validate().map(|_| ())
+    }
+}
+
 /// The optional `filter` field of a query: empty means none. The name rule is
 /// [`FilterName`]'s; the error is renamed to the field it came from.
 fn optional_filter(name: String) -> Result<Option<FilterName>, InvalidInput> {

@@ -61,14 +61,15 @@ impl grpc::Ingest for ClientServices {
         request: Request<wire::IngestRequest>,
     ) -> std::result::Result<Response<wire::IngestResponse>, Status> {
         check_shard_map(&request)?;
-        let forwarded = is_forwarded(&request);
-        let op = if forwarded {
-            Op::IngestForwarded
+        let (origin, op) = if is_forwarded(&request) {
+            (ingest::Origin::Peer, Op::IngestForwarded)
+        } else if adclick_proto::convert::shard_map_version(request.metadata()).is_some() {
+            (ingest::Origin::RoutedClient, Op::Ingest)
         } else {
-            Op::Ingest
+            (ingest::Origin::Client, Op::Ingest)
         };
         let clicks = request.into_inner().clicks;
-        self.serve(op, ingest::ingest(&self.node, clicks, forwarded))
+        self.serve(op, ingest::ingest(&self.node, clicks, origin))
             .await
     }
 }

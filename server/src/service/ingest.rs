@@ -25,13 +25,28 @@ use crate::node::{group_of_key, now_ms, Node};
 /// How long a batch may wait for room in the in-flight budget before it is refused.
 const ADMISSION_WAIT: Duration = Duration::from_millis(500);
 
-/// Ingests `clicks`; `forwarded` is true when a peer sent them (they then all belong to
-/// groups the peer believed this node leads, and are never forwarded again).
+/// Who sent a batch, which decides whether this node forwards the parts it does not lead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// A client that leaves routing to the cluster: parts for groups led elsewhere are
+    /// forwarded once to their leaders.
+    Client,
+    /// A routing client (one that sent `x-adclick-shard-map-version`): it sent the batch to
+    /// the node it believes leads the batch's group, so a part this node does not lead is
+    /// answered `UNAVAILABLE` with the leader hint, and the client goes there itself next
+    /// time instead of paying a forwarding hop on every batch.
+    RoutedClient,
+    /// A peer forwarding a client's part: never forwarded again.
+    Peer,
+}
+
+/// Ingests `clicks` sent by `origin`.
 pub async fn ingest(
     node: &Arc<Node>,
     clicks: Vec<wire::Click>,
-    forwarded: bool,
+    origin: Origin,
 ) -> Result<wire::IngestResponse> {
+    let forwarded = origin == Origin::Peer;
     let n = clicks.len();
     if n == 0 {
         return Ok(adclick_proto::convert::ingest_response(std::iter::empty()));
@@ -70,7 +85,7 @@ pub async fn ingest(
         let node = Arc::clone(node);
         async move {
             let group = node.group(g)?.clone();
-            let results = write_part(&node, &group, clicks, forwarded).await?;
+            let results = write_part(&node, &group, clicks, origin).await?;
             Ok::<_, Error>((positions, results))
         }
     }))
@@ -104,12 +119,13 @@ pub async fn ingest(
 
 /// Writes one group's part of a batch and returns its results, in order: proposed here
 /// when this node leads the group (validating each click; invalid ones are answered
-/// without reaching the log), else forwarded once, as sent, to the leader.
+/// without reaching the log), else forwarded once, as sent, to the leader (only for an
+/// [`Origin::Client`] batch; the others are told where the leader is).
 async fn write_part(
     node: &Node,
     group: &Group,
     clicks: Vec<wire::Click>,
-    forwarded: bool,
+    origin: Origin,
 ) -> Result<Vec<wire::EventResult>> {
     let leader = if group.is_leader() {
         None
@@ -120,7 +136,7 @@ async fn write_part(
         Some(l) if l.node_id != node.id() => l,
         _ => return propose_part(node, group, clicks).await,
     };
-    if forwarded {
+    if origin != Origin::Client {
         return Err(Error::NotLeader {
             node: node.id(),
             group: group.id,
