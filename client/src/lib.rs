@@ -20,6 +20,7 @@ mod producer;
 mod routing;
 
 pub use adclick_proto::convert::{CountQuery, ReadConsistency, TimeSpec, TopQuery};
+pub use adclick_proto::filter::FilterName;
 pub use adclick_proto::model;
 pub use client::{
     ClickResult, Client, CountAnswer, FilterInfo, FilterState, GroupPosition, IngestReport,

@@ -48,29 +48,43 @@ pub const ENV_LOG_TAIL: &str = "ADCLICK_LOG_TAIL_LINES";
 /// One cluster at a time per test process (see the module docs).
 static SLOT: Semaphore = Semaphore::const_new(1);
 
+/// Environment variable naming the `adclick` CLI binary to test.
+pub const ENV_CLI_BIN: &str = "ADCLICK_BIN";
+
 /// Finds the `adclickd` binary: `$ADCLICKD_BIN` if set, else `target/<profile>/adclickd`
 /// next to the running test executable (`target/<profile>/deps/<test>-<hash>`).
 pub fn adclickd_path() -> anyhow::Result<PathBuf> {
-    if let Some(p) = std::env::var_os(ENV_BIN) {
+    built_binary("adclickd", ENV_BIN, "adclick-server")
+}
+
+/// Finds the `adclick` CLI binary: `$ADCLICK_BIN` if set, else `target/<profile>/adclick`.
+pub fn adclick_path() -> anyhow::Result<PathBuf> {
+    built_binary("adclick", ENV_CLI_BIN, "adclick-client")
+}
+
+/// The binary `name` of package `package`: `$env` if set, else in the profile directory
+/// of the running test executable.
+fn built_binary(name: &str, env: &str, package: &str) -> anyhow::Result<PathBuf> {
+    if let Some(p) = std::env::var_os(env) {
         let p = PathBuf::from(p);
         if p.is_file() {
             return Ok(p);
         }
-        bail!("{ENV_BIN}={} is not a file", p.display());
+        bail!("{env}={} is not a file", p.display());
     }
     let exe = std::env::current_exe().context("locating the test executable")?;
     let profile_dir = exe
         .parent()
         .and_then(Path::parent)
         .ok_or_else(|| anyhow!("test executable {} has no grandparent", exe.display()))?;
-    let bin = profile_dir.join("adclickd");
+    let bin = profile_dir.join(name);
     if bin.is_file() {
         return Ok(bin);
     }
     bail!(
-        "the adclickd binary is missing: looked for {} (and {ENV_BIN} is not set). Build it \
-         with `cargo build -p adclick-server --bin adclickd` (scripts/test does; `cargo test` \
-         alone does not build another package's binaries), or set {ENV_BIN} to its path",
+        "the {name} binary is missing: looked for {} (and {env} is not set). Build it with \
+         `cargo build -p {package} --bin {name}` (scripts/test does; `cargo test` alone does \
+         not build another package's binaries), or set {env} to its path",
         bin.display()
     )
 }
@@ -154,15 +168,21 @@ pub struct Cluster {
 }
 
 impl Cluster {
+    /// Waits for this process's one cluster slot, for a test that runs nodes by other
+    /// means (e.g. `adclick dev`) and must not overlap an exclusive cluster. Held until
+    /// the permit is dropped.
+    pub async fn exclusive_slot() -> anyhow::Result<SemaphorePermit<'static>> {
+        tokio::time::timeout(Duration::from_secs(600), SLOT.acquire())
+            .await
+            .map_err(|_| anyhow!("waited 10 min for another test's cluster to finish"))?
+            .context("cluster slot closed")
+    }
+
     /// Starts every node and waits until all are ready (see [`Cluster::wait_ready`]).
     pub async fn start(opts: ClusterOptions) -> anyhow::Result<Self> {
         let bin = adclickd_path()?;
         let slot = if opts.exclusive {
-            let permit = tokio::time::timeout(Duration::from_secs(600), SLOT.acquire())
-                .await
-                .map_err(|_| anyhow!("waited 10 min for another test's cluster to finish"))?
-                .context("cluster slot closed")?;
-            Some(permit)
+            Some(Cluster::exclusive_slot().await?)
         } else {
             None
         };

@@ -26,6 +26,6 @@ pub mod query;
 pub mod wait;
 
 pub use clicks::{ingest_with_retry, BackgroundIngest, ClickGen, Ledger, RetryPolicy};
-pub use cluster::{adclickd_path, Cluster, ClusterOptions};
+pub use cluster::{adclick_path, adclickd_path, Cluster, ClusterOptions};
 pub use http::{HttpClient, HttpResponse};
 pub use wait::{eventually, now_ms};

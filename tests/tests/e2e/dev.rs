@@ -1,0 +1,120 @@
+//! `adclick dev`, the README's run command: it starts three nodes, prints where they
+//! listen, feeds demo traffic that queries then see, and on Ctrl-C (SIGINT to the command
+//! alone, as a terminal sends it) stops every node cleanly and exits 0.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use adclick_client::{Client, TimeSpec, TopQuery};
+use adclick_tests::{adclick_path, adclickd_path, eventually};
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adclick_dev_starts_serves_and_stops_on_ctrl_c() {
+    // One cluster at a time per test process: the dev cluster takes the harness's slot.
+    let _slot = adclick_tests::Cluster::exclusive_slot()
+        .await
+        .expect("the cluster slot");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut child = tokio::process::Command::new(adclick_path().expect("adclick is built"))
+        .args([
+            "--json",
+            "dev",
+            "--rate",
+            "500",
+            "--duration",
+            "120",
+            "--data-dir",
+        ])
+        .arg(dir.path().join("dev"))
+        .arg("--adclickd")
+        .arg(adclickd_path().expect("adclickd is built"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("adclick dev starts");
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout")).lines();
+
+    // The first JSON line names the nodes, once the cluster has leaders.
+    let first = tokio::time::timeout(Duration::from_secs(90), stdout.next_line())
+        .await
+        .expect("adclick dev prints its endpoints within 90 s")
+        .expect("reading stdout")
+        .expect("a first line");
+    let endpoints: Value = serde_json::from_str(&first).expect("JSON endpoints");
+    let seeds: Vec<String> = endpoints["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .map(|n| n["grpc"].as_str().expect("grpc address").to_owned())
+        .collect();
+    assert_eq!(seeds.len(), 3, "{endpoints}");
+
+    // Demo traffic shows up in queries through a client of our own.
+    let client = Client::connect(&seeds)
+        .await
+        .expect("connect to the dev cluster");
+    let top = eventually(
+        "demo clicks in the top 10",
+        Duration::from_secs(30),
+        Duration::from_millis(250),
+        || async {
+            let top = client
+                .top(TopQuery::new(10, TimeSpec::last(5).expect("valid")))
+                .await
+                .map_err(|e| e.to_string())?;
+            (top.rows.len() == 10)
+                .then_some(top)
+                .ok_or("fewer than 10 ads yet".to_owned())
+        },
+    )
+    .await
+    .expect("the demo traffic is counted");
+    assert!(top.rows[0].count >= top.rows[9].count, "{top:?}");
+    let filters = client.list_filters().await.expect("list filters");
+    let names: Vec<&str> = filters.iter().map(|f| f.name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["private_net", "usa"],
+        "the demo filters are registered"
+    );
+
+    // Ctrl-C: SIGINT to adclick alone (its nodes run in their own process group).
+    let pid = child.id().expect("adclick dev is running");
+    let sent = std::process::Command::new("kill")
+        .args(["-INT", &pid.to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(sent.success());
+    let status = tokio::time::timeout(Duration::from_secs(60), child.wait())
+        .await
+        .expect("adclick dev stops within 60 s of Ctrl-C")
+        .expect("wait for adclick dev");
+    let mut stderr = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        use tokio::io::AsyncReadExt;
+        let _ = e.read_to_string(&mut stderr).await;
+    }
+    assert!(
+        status.success(),
+        "adclick dev exits 0: {status}; stderr:\n{stderr}"
+    );
+    assert!(
+        stderr.contains("all nodes stopped"),
+        "every node stopped cleanly; stderr:\n{stderr}"
+    );
+    assert!(
+        Client::connect_with(&seeds, quick()).await.is_err(),
+        "no node answers after the stop"
+    );
+}
+
+/// A client config that gives up after a second.
+fn quick() -> adclick_client::ClientConfig {
+    let mut c = adclick_client::ClientConfig::default();
+    c.deadline = Duration::from_secs(1);
+    c
+}
