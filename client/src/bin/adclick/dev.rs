@@ -31,7 +31,8 @@ const NODES: u64 = 3;
 
 #[derive(Debug, Args)]
 pub struct DevArgs {
-    /// Directory for the nodes' data and logs (emptied first).
+    /// Directory for the nodes' data and logs, emptied first if an earlier run made it
+    /// [default: $TMPDIR/adclick-dev].
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
     /// Demo clicks per second (0: no traffic).
@@ -87,10 +88,7 @@ pub async fn run(args: DevArgs, out: &Output) -> anyhow::Result<ExitCode> {
         .data_dir
         .clone()
         .unwrap_or_else(|| std::env::temp_dir().join("adclick-dev"));
-    if root.exists() {
-        fs::remove_dir_all(&root).with_context(|| format!("emptying {}", root.display()))?;
-    }
-    fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
+    prepare_dir(&root)?;
     let mut cluster = start(&bin, &root, args.groups)?;
     eprintln!(
         "started {NODES} adclickd nodes ({}), data and logs in {}",
@@ -134,6 +132,34 @@ pub async fn run(args: DevArgs, out: &Output) -> anyhow::Result<ExitCode> {
         root.display()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// The file that marks a directory as made by `adclick dev`, so emptying it on the next
+/// run never deletes anything else.
+const MARKER: &str = ".adclick-dev";
+
+/// Empties and recreates `root`, refusing when it holds files `adclick dev` did not make.
+fn prepare_dir(root: &Path) -> anyhow::Result<()> {
+    if root.exists() {
+        let empty = fs::read_dir(root)
+            .with_context(|| format!("reading {}", root.display()))?
+            .next()
+            .is_none();
+        if !empty && !root.join(MARKER).is_file() {
+            bail!(
+                "refusing to empty {}: it is not empty and was not made by adclick dev \
+                 (no {MARKER} file); pass another --data-dir",
+                root.display()
+            );
+        }
+        fs::remove_dir_all(root).with_context(|| format!("emptying {}", root.display()))?;
+    }
+    fs::create_dir_all(root).with_context(|| format!("creating {}", root.display()))?;
+    fs::write(
+        root.join(MARKER),
+        "made by adclick dev; emptied on its next run\n",
+    )
+    .with_context(|| format!("writing {}", root.join(MARKER).display()))
 }
 
 /// The adclickd binary: the flag or `$ADCLICKD_BIN`, else next to this executable, else
@@ -526,5 +552,32 @@ async fn stop_nodes(cluster: &mut DevCluster) -> anyhow::Result<()> {
         Ok(())
     } else {
         bail!("{}", failed.join("; "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_directory_made_by_dev_is_emptied() {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let precious = tmp.path().join("precious");
+        fs::create_dir_all(&precious).expect("mkdir");
+        fs::write(precious.join("data"), "keep me").expect("write");
+        let err = prepare_dir(&precious).expect_err("a foreign directory is refused");
+        assert!(err.to_string().contains("refusing"), "{err}");
+        assert!(precious.join("data").is_file(), "nothing was deleted");
+
+        let dev = tmp.path().join("dev");
+        prepare_dir(&dev).expect("a new directory is made");
+        fs::write(dev.join("n1.log"), "old run").expect("write");
+        prepare_dir(&dev).expect("its own directory is emptied");
+        assert!(!dev.join("n1.log").exists());
+        assert!(dev.join(MARKER).is_file());
+        // An empty directory is fine too.
+        let empty = tmp.path().join("empty");
+        fs::create_dir_all(&empty).expect("mkdir");
+        prepare_dir(&empty).expect("an empty directory is used");
     }
 }
