@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Starts a three-node adclick cluster (release build) on loopback in a temporary
-# directory, runs `cluster-load` against it with the arguments given, prints each node's
-# CPU time and peak RSS, and stops the nodes. Bounded: the load runs for --duration
-# seconds (default 20) and the script kills anything left when it exits.
+# directory, runs `cluster-load` against it with the arguments given (it reports each
+# node's CPU time and peak RSS per phase), and stops the nodes. Bounded: each offered rate
+# runs for --duration seconds (default 20) and the script kills anything left when it
+# exits.
 #
+#   bench/scripts/cluster-load.sh --clients 8 --rate 0,50000 --duration 20 --json out.json
 #   bench/scripts/cluster-load.sh --clients 1 --duration 20
-#   bench/scripts/cluster-load.sh --clients 8 --duration 20
-#   bench/scripts/cluster-load.sh --clients 8 --rate 50000 --duration 30
 #   ADCLICKD=/path/to/other/adclickd bench/scripts/cluster-load.sh ...   (A/B a build)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -45,12 +45,5 @@ for _ in $(seq 1 100); do
     sleep 0.2
 done
 [ "$ok" = 3 ] || { echo "cluster did not become healthy"; tail -n 20 "$dir"/n*.log; exit 1; }
-"$bin/cluster-load" --targets "127.0.0.1:$((base + 1)),127.0.0.1:$((base + 2)),127.0.0.1:$((base + 3))" "$@"
-echo "node  cpu-seconds  peak-rss-MiB"
-for i in 1 2 3; do
-    p=${pids[$((i - 1))]}
-    # utime + stime in clock ticks (fields 14, 15 of /proc/PID/stat), VmHWM in kB.
-    ticks=$(awk '{print $14 + $15}' "/proc/$p/stat")
-    hwm=$(awk '/VmHWM/ {print $2}' "/proc/$p/status")
-    echo "n$i    $(awk -v t="$ticks" -v hz="$(getconf CLK_TCK)" 'BEGIN {printf "%.1f", t / hz}')        $((hwm / 1024))"
-done
+"$bin/cluster-load" --targets "127.0.0.1:$((base + 1)),127.0.0.1:$((base + 2)),127.0.0.1:$((base + 3))" \
+    --pids "1=${pids[0]},2=${pids[1]},3=${pids[2]}" "$@"
