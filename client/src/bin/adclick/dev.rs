@@ -326,13 +326,26 @@ fn print_endpoints(cluster: &DevCluster, out: &Output) {
     }
     let cluster_arg = grpc.join(",");
     let http = cluster.nodes[0].http;
+    let me = this_command();
     println!("query it (filters usa and private_net are registered):");
-    println!("  adclick --cluster {cluster_arg} top -n 10 --last 5");
-    println!("  adclick --cluster {cluster_arg} count ad-000001 --last 5 --filter usa");
+    println!("  {me} --cluster {cluster_arg} top -n 10 --last 5");
+    println!("  {me} --cluster {cluster_arg} count ad-000001 --last 5 --filter usa");
     println!("  curl 'http://{http}/ads/popular?count=10&window=5'");
     println!("  curl 'http://{http}/ads/ad-000001/aggregated_count?window=5'");
     println!("  curl http://{http}/metrics");
     println!("Ctrl-C stops the cluster.");
+}
+
+/// How to run this adclick binary from the current directory: a relative path when it
+/// lies below it (`target/debug/adclick`), else its full path.
+fn this_command() -> String {
+    let Ok(exe) = std::env::current_exe() else {
+        return "adclick".into();
+    };
+    let relative = std::env::current_dir()
+        .ok()
+        .and_then(|cwd| exe.strip_prefix(cwd).ok().map(Path::to_path_buf));
+    relative.unwrap_or(exe).display().to_string()
 }
 
 /// Prints the top 10 of the last 5 minutes every second (redrawn in place on a terminal)
@@ -383,6 +396,9 @@ async fn show_top(
                     println!();
                 }
                 println!("top 10 ads, last 5 minutes:");
+                if top.rows.is_empty() {
+                    println!("  (no clicks yet)");
+                }
                 print!("{}", top_table(&top));
             }
             Err(e) => eprintln!("top: {e}"),
