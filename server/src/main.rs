@@ -4,6 +4,12 @@ use clap::Parser;
 
 use adclick_server::config::{Config, Flags};
 
+/// mimalloc instead of glibc malloc: the apply path allocates and frees many small
+/// buffers per click, and glibc's arena bookkeeping (`_int_malloc`, `malloc_consolidate`)
+/// took ~13% of a loaded node's CPU (docs/performance.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     let flags = Flags::parse();
     let config = match Config::resolve(flags) {
