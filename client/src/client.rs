@@ -85,7 +85,8 @@ pub struct IngestReport {
     pub results: Vec<ClickResult>,
     /// The results summed by outcome.
     pub tally: Tally,
-    /// Requests sent, retries and redirects included (at least one per group touched).
+    /// Requests sent for this batch in all, retries and redirects included (at least one
+    /// per group touched).
     pub attempts: u32,
 }
 
@@ -184,6 +185,8 @@ struct Attempts {
     count: u32,
     redirects: u32,
     internal: u32,
+    /// Stale-map answers so far.
+    stale: u32,
     last: String,
     backoff: Backoff,
 }
@@ -196,6 +199,7 @@ impl Attempts {
             count: 0,
             redirects: 0,
             internal: 0,
+            stale: 0,
             last: "no attempt made".into(),
             backoff: Backoff::new(config),
         }
@@ -299,7 +303,19 @@ impl Client {
         let mut results: Vec<Option<wire::EventResult>> = vec![None; wire.len()];
         let mut pending: Vec<usize> = (0..wire.len()).collect();
         let mut attempts = 0;
+        let mut rounds = 0u32;
+        let mut reroute = Backoff::new(&self.inner.config);
         while !pending.is_empty() {
+            if rounds > 1 {
+                // Parts came back for re-routing more than once: the nodes disagree on the
+                // shard map. Back off (each part's own attempts started afresh).
+                let mut pause = Attempts::new(&self.inner.config, started);
+                pause.count = attempts;
+                pause.last = "the nodes kept answering that the shard map is stale".into();
+                pause.remaining()?;
+                pause.pause(reroute.next_delay()).await;
+            }
+            rounds += 1;
             let routes = self.inner.router.routes();
             let mut parts: BTreeMap<u64, Vec<usize>> = BTreeMap::new();
             for i in pending.drain(..) {
@@ -471,7 +487,8 @@ impl Client {
         resp.filters.into_iter().map(filter_info).collect()
     }
 
-    /// Drops filter `name` and its counters; returns whether it existed.
+    /// Drops filter `name` and its counters; returns whether it existed. After a retry
+    /// (the first attempt's outcome unknown), `false` may mean that attempt dropped it.
     pub async fn drop_filter(&self, name: &str) -> Result<bool, Error> {
         let name = FilterName::new(name)?;
         let resp = self
@@ -565,6 +582,14 @@ impl Client {
                     }
                 }
                 Failure::StaleMap => {
+                    // The first time, re-route at once (the map really changed); again
+                    // and again means nodes disagree on the map (an upgrade in progress):
+                    // back off rather than refetch at RPC speed.
+                    att.stale += 1;
+                    if att.stale > 1 {
+                        let delay = att.backoff.next_delay();
+                        att.pause(delay).await;
+                    }
                     self.refresh_within(att).await?;
                     return Err(Stop::Reroute);
                 }

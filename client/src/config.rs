@@ -4,6 +4,11 @@ use std::time::Duration;
 
 use crate::error::Error;
 
+/// The longest `deadline` and `attempt_timeout` accepted: a day.
+const MAX_DEADLINE: Duration = Duration::from_secs(24 * 3600);
+/// The longest `max_backoff` and `connect_timeout` accepted: a minute.
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
 /// How a [`crate::Client`] times and retries its calls. Start from
 /// [`ClientConfig::default`] and change fields:
 ///
@@ -52,14 +57,20 @@ impl ClientConfig {
     /// Checks that the values can work together.
     pub fn validate(&self) -> Result<(), Error> {
         let bad = |m: &str| Err(Error::Config(m.to_owned()));
-        if self.deadline.is_zero() || self.attempt_timeout.is_zero() {
-            return bad("deadline and attempt_timeout must be positive");
+        let within = |d: Duration, max: Duration| !d.is_zero() && d <= max;
+        if !within(self.deadline, MAX_DEADLINE) || !within(self.attempt_timeout, MAX_DEADLINE) {
+            return bad("deadline and attempt_timeout must be positive and at most a day");
         }
-        if self.connect_timeout.is_zero() {
-            return bad("connect_timeout must be positive");
+        if !within(self.connect_timeout, MAX_BACKOFF) {
+            return bad("connect_timeout must be positive and at most a minute");
         }
-        if self.initial_backoff.is_zero() || self.max_backoff < self.initial_backoff {
-            return bad("initial_backoff must be positive and at most max_backoff");
+        if self.initial_backoff.is_zero()
+            || self.max_backoff < self.initial_backoff
+            || self.max_backoff > MAX_BACKOFF
+        {
+            return bad(
+                "initial_backoff must be positive, at most max_backoff, which is at most a minute",
+            );
         }
         if self.max_batch_clicks == 0 || self.max_batch_clicks > 50_000 {
             return bad("max_batch_clicks must be 1 to 50000");
@@ -106,6 +117,17 @@ mod tests {
         assert!(matches!(c.validate(), Err(Error::Config(m)) if m.contains("max_batch_clicks")));
         let c = ClientConfig {
             max_backoff: Duration::from_millis(1),
+            ..ClientConfig::default()
+        };
+        assert!(c.validate().is_err());
+        // "Forever" is refused rather than overflowing the deadline arithmetic.
+        let c = ClientConfig {
+            deadline: Duration::MAX,
+            ..ClientConfig::default()
+        };
+        assert!(c.validate().is_err());
+        let c = ClientConfig {
+            max_backoff: Duration::MAX,
             ..ClientConfig::default()
         };
         assert!(c.validate().is_err());

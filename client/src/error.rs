@@ -29,7 +29,8 @@ pub enum Error {
     /// of the clicks may have been counted: retry with the same event ids.
     #[error("gave up after {attempts} attempts in {elapsed:?}; last error: {last}")]
     DeadlineExceeded {
-        /// Attempts made (across all parts of a batch, redirects included).
+        /// Attempts made for the call (for a batch: by the part that gave up), redirects
+        /// included.
         attempts: u32,
         /// Time spent.
         elapsed: Duration,

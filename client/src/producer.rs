@@ -44,13 +44,18 @@ impl Default for ProducerConfig {
 impl ProducerConfig {
     /// Checks that the values can work.
     pub fn validate(&self) -> Result<(), Error> {
-        if self.max_batch_clicks == 0 || self.max_in_flight_batches == 0 {
-            return Err(Error::Config(
-                "max_batch_clicks and max_in_flight_batches must be positive".into(),
-            ));
+        let bad = |m: &str| Err(Error::Config(m.to_owned()));
+        if !(1..=50_000).contains(&self.max_batch_clicks) {
+            return bad("max_batch_clicks must be 1 to 50000");
         }
-        if self.buffer_clicks == 0 {
-            return Err(Error::Config("buffer_clicks must be positive".into()));
+        if !(1..=1024).contains(&self.max_in_flight_batches) {
+            return bad("max_in_flight_batches must be 1 to 1024");
+        }
+        if !(1..=10_000_000).contains(&self.buffer_clicks) {
+            return bad("buffer_clicks must be 1 to 10000000");
+        }
+        if self.linger > Duration::from_secs(10) {
+            return bad("linger must be at most 10 s");
         }
         Ok(())
     }
@@ -90,8 +95,9 @@ enum Msg {
 
 /// Collects clicks into batches of up to [`ProducerConfig::max_batch_clicks`], sends each
 /// with [`Client::ingest`] (so with its routing and retries), and keeps at most
-/// [`ProducerConfig::max_in_flight_batches`] batches out at once. Memory is bounded by
-/// [`ProducerConfig::buffer_clicks`]: [`Producer::send`] waits while the buffer is full.
+/// [`ProducerConfig::max_in_flight_batches`] batches out at once. Memory is bounded:
+/// [`Producer::send`] waits while [`ProducerConfig::buffer_clicks`] clicks are buffered,
+/// beside at most `max_in_flight_batches + 1` batches being filled or sent.
 ///
 /// ```no_run
 /// # async fn run(client: adclick_client::Client, clicks: Vec<adclick_client::model::Click>)

@@ -52,6 +52,8 @@ async fn adclick_dev_starts_serves_and_stops_on_ctrl_c() {
         .map(|n| n["grpc"].as_str().expect("grpc address").to_owned())
         .collect();
     assert_eq!(seeds.len(), 3, "{endpoints}");
+    // Keep reading stdout (a top-10 line a second), so the pipe never fills.
+    let drain = tokio::spawn(async move { while let Ok(Some(_)) = stdout.next_line().await {} });
 
     // Demo traffic shows up in queries through a client of our own.
     let client = Client::connect(&seeds)
@@ -98,6 +100,7 @@ async fn adclick_dev_starts_serves_and_stops_on_ctrl_c() {
         use tokio::io::AsyncReadExt;
         let _ = e.read_to_string(&mut stderr).await;
     }
+    drain.abort();
     assert!(
         status.success(),
         "adclick dev exits 0: {status}; stderr:\n{stderr}"

@@ -89,15 +89,73 @@ pub async fn run(args: DevArgs, out: &Output) -> anyhow::Result<ExitCode> {
         .clone()
         .unwrap_or_else(|| std::env::temp_dir().join("adclick-dev"));
     prepare_dir(&root)?;
+    // Listen for Ctrl-C, SIGTERM and SIGHUP before any node exists: from here on they
+    // stop the nodes in order instead of killing this command and orphaning them.
+    let mut signals = Signals::new()?;
     let mut cluster = start(&bin, &root, args.groups)?;
     eprintln!(
         "started {NODES} adclickd nodes ({}), data and logs in {}",
         bin.display(),
         root.display()
     );
+    let served = serve(&args, &mut cluster, &mut signals, out).await;
+    let stopped = stop_nodes(&mut cluster).await;
+    served?;
+    stopped?;
+    eprintln!(
+        "all nodes stopped; data and logs kept in {}",
+        root.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
 
+/// Everything between starting and stopping the nodes; returns on a signal, at the end of
+/// `--duration`, or when a node fails.
+async fn serve(
+    args: &DevArgs,
+    cluster: &mut DevCluster,
+    signals: &mut Signals,
+    out: &Output,
+) -> anyhow::Result<()> {
     let seeds: Vec<String> = cluster.nodes.iter().map(|n| n.grpc.to_string()).collect();
-    let client = wait_ready(&mut cluster, &seeds).await?;
+    let ready = tokio::select! {
+        r = setup(cluster, &seeds) => r?,
+        () = signals.recv() => {
+            eprintln!("interrupted before the cluster was ready; stopping ...");
+            return Ok(());
+        }
+    };
+    print_endpoints(cluster, out);
+
+    let producer = Producer::new(ready.clone(), ProducerConfig::default())?;
+    let stop = tokio::sync::watch::channel(false);
+    let traffic = tokio::spawn(traffic(producer, args.rate, args.ads, args.seed, stop.1));
+    let shown = show_top(&ready, cluster, signals, args.duration, out).await;
+
+    let _ = stop.0.send(true);
+    // The producer sends what it holds; an unhealthy cluster must not keep us here.
+    match tokio::time::timeout(Duration::from_secs(15), traffic).await {
+        Ok(sent) => {
+            let sent = sent.context("the traffic task failed")?;
+            eprintln!(
+                "sent {} demo clicks: accepted {}, duplicate {}, late {}, rejected {}, \
+                 unconfirmed {}",
+                sent.tally.total() + sent.failed,
+                sent.tally.accepted,
+                sent.tally.duplicate,
+                sent.tally.late,
+                sent.tally.rejected,
+                sent.failed
+            );
+        }
+        Err(_) => eprintln!("the demo traffic did not finish within 15 s; stopping anyway"),
+    }
+    shown
+}
+
+/// Waits for leaders and registers the demo filters.
+async fn setup(cluster: &mut DevCluster, seeds: &[String]) -> anyhow::Result<Client> {
+    let client = wait_ready(cluster, seeds).await?;
     client
         .create_filter("usa", r#"country = "USA""#)
         .await
@@ -106,32 +164,34 @@ pub async fn run(args: DevArgs, out: &Output) -> anyhow::Result<ExitCode> {
         .create_filter("private_net", "ip in 10.0.0.0/8")
         .await
         .context("registering the demo filter private_net")?;
-    print_endpoints(&cluster, out);
+    Ok(client)
+}
 
-    let producer = Producer::new(client.clone(), ProducerConfig::default())?;
-    let stop = tokio::sync::watch::channel(false);
-    let traffic = tokio::spawn(traffic(producer, args.rate, args.ads, args.seed, stop.1));
-    let shown = show_top(&client, &mut cluster, args.duration, out).await;
+/// SIGINT (Ctrl-C), SIGTERM and SIGHUP, listened for from creation on.
+struct Signals {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
 
-    let _ = stop.0.send(true);
-    let sent = traffic.await.context("the traffic task failed")?;
-    eprintln!(
-        "sent {} demo clicks: accepted {}, duplicate {}, late {}, rejected {}, unconfirmed {}",
-        sent.tally.total() + sent.failed,
-        sent.tally.accepted,
-        sent.tally.duplicate,
-        sent.tally.late,
-        sent.tally.rejected,
-        sent.failed
-    );
-    let stopped = stop_nodes(&mut cluster).await;
-    shown?;
-    stopped?;
-    eprintln!(
-        "all nodes stopped; data and logs kept in {}",
-        root.display()
-    );
-    Ok(ExitCode::SUCCESS)
+impl Signals {
+    fn new() -> anyhow::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            int: signal(SignalKind::interrupt()).context("listening for SIGINT")?,
+            term: signal(SignalKind::terminate()).context("listening for SIGTERM")?,
+            hup: signal(SignalKind::hangup()).context("listening for SIGHUP")?,
+        })
+    }
+
+    /// The next of the three signals.
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.int.recv() => {}
+            _ = self.term.recv() => {}
+            _ = self.hup.recv() => {}
+        }
+    }
 }
 
 /// The file that marks a directory as made by `adclick dev`, so emptying it on the next
@@ -353,13 +413,12 @@ fn this_command() -> String {
 async fn show_top(
     client: &Client,
     cluster: &mut DevCluster,
+    signals: &mut Signals,
     duration: Option<u64>,
     out: &Output,
 ) -> anyhow::Result<()> {
     let until = duration.map(|s| Instant::now() + Duration::from_secs(s));
     let redraw = std::io::stdout().is_terminal() && !out.is_json();
-    let interrupted = tokio::signal::ctrl_c();
-    tokio::pin!(interrupted);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     if redraw {
         // Remember where the table starts; each round redraws from there.
@@ -367,8 +426,7 @@ async fn show_top(
     }
     loop {
         tokio::select! {
-            r = &mut interrupted => {
-                r.context("listening for Ctrl-C")?;
+            () = signals.recv() => {
                 eprintln!("\nstopping ...");
                 return Ok(());
             }
@@ -379,7 +437,14 @@ async fn show_top(
         }
         check_alive(cluster)?;
         let query = TopQuery::new(10, TimeSpec::last(5)?);
-        match client.top(query).await {
+        let answer = tokio::select! {
+            r = client.top(query) => r,
+            () = signals.recv() => {
+                eprintln!("\nstopping ...");
+                return Ok(());
+            }
+        };
+        match answer {
             Ok(top) if out.is_json() => {
                 let rows: Vec<_> = top
                     .rows

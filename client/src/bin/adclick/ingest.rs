@@ -4,17 +4,19 @@
 //! Formats:
 //! - `seed`: `[AdClickEvent] ad001, 2024-07-09 00:00:01, user-1, 207.148.22.22, USA` (the
 //!   `[AdClickEvent]` tag is optional; the time is UTC, or RFC 3339, or epoch ms). A line
-//!   carries no event id, so one is derived from the source and the line's byte offset:
-//!   ingesting the same file again, or a longer version of it (a log that grew), sends the
-//!   same ids for the same lines and counts nothing twice. The source is identified by its
-//!   first non-blank line (so a copy of the file, renamed or moved, is the same source)
-//!   unless `--source-id` names it; two different files that start with the same line need
-//!   distinct `--source-id`s.
+//!   carries no event id, so one is derived from the source, the line's byte offset and
+//!   its text: ingesting the same file again, or a longer version of it (a log that grew),
+//!   sends the same ids for the same lines and counts nothing twice. The source is
+//!   identified by its first non-blank line (so a copy of the file, renamed or moved, is
+//!   the same source) unless `--source-id` names it. On stdin the offsets start where the
+//!   stream starts, so feed whole files (`cat f |`), not a tail of one.
 //! - `jsonl`: one JSON click object per line, with its own `event_id` (the `POST /clicks`
 //!   object: `event_id`, `ad_id`, `timestamp`, `ip`, optional `user_id`, `country`).
 //!
 //! Blank lines are skipped. A line that does not parse, or a click the cluster rejects, is
-//! reported with its line number and the rest goes on.
+//! reported with its line number and the rest goes on. A line longer than 64 KiB is skipped
+//! unread; a file's last line without a newline is held back (it may be half-written).
+//! With `--follow`, a file that is truncated or replaced (rotated) stops the command.
 
 use std::io::IsTerminal;
 use std::path::Path;
@@ -127,7 +129,7 @@ impl LineParser {
                 let source = *self
                     .source
                     .get_or_insert_with(|| source_hash(line.as_bytes()));
-                parse_seed_line(line, seed_event_id(&source, offset))?
+                parse_seed_line(line, seed_event_id(&source, offset, line))?
             }
         };
         Click::try_from(wire).map_err(|e| e.to_string())
@@ -141,11 +143,15 @@ fn source_hash(identity: &[u8]) -> [u8; 16] {
     xxhash_rust::xxh3::xxh3_128(&input).to_be_bytes()
 }
 
-/// A seed line's event id: its source hash, then its byte offset (big-endian), 24 bytes.
-fn seed_event_id(source: &[u8; 16], offset: u64) -> Bytes {
-    let mut id = Vec::with_capacity(24);
+/// A seed line's event id, 32 bytes: its source hash, its byte offset (big-endian), and
+/// the xxh3-64 of the line's text (big-endian). The same line of the same source always
+/// gets the same id; the line hash keeps two sources that happen to share a first line
+/// (a common header) from claiming each other's clicks at equal offsets.
+fn seed_event_id(source: &[u8; 16], offset: u64, line: &str) -> Bytes {
+    let mut id = Vec::with_capacity(32);
     id.extend_from_slice(source);
     id.extend_from_slice(&offset.to_be_bytes());
+    id.extend_from_slice(&xxhash_rust::xxh3::xxh3_64(line.as_bytes()).to_be_bytes());
     Bytes::from(id)
 }
 
@@ -175,19 +181,45 @@ pub async fn run(client: Client, args: IngestArgs, out: &Output) -> anyhow::Resu
     if args.follow && args.file == "-" {
         anyhow::bail!("--follow needs a file, not stdin");
     }
-    let (reader, size): (Box<dyn AsyncBufRead + Unpin + Send>, Option<u64>) = if args.file == "-" {
-        (Box::new(BufReader::new(tokio::io::stdin())), None)
-    } else {
-        let path = Path::new(&args.file);
-        let file = tokio::fs::File::open(path)
-            .await
-            .with_context(|| format!("opening {}", path.display()))?;
-        let size = file.metadata().await.ok().map(|m| m.len());
-        (
-            Box::new(BufReader::with_capacity(1 << 20, file)),
-            size.filter(|_| !args.follow),
-        )
-    };
+    let (reader, source, size): (Box<dyn AsyncBufRead + Unpin + Send>, Source, Option<u64>) =
+        if args.file == "-" {
+            (
+                Box::new(BufReader::new(tokio::io::stdin())),
+                Source::Stdin,
+                None,
+            )
+        } else {
+            use std::os::unix::fs::MetadataExt;
+            let path = Path::new(&args.file);
+            let file = tokio::fs::File::open(path)
+                .await
+                .with_context(|| format!("opening {}", path.display()))?;
+            let meta = file
+                .metadata()
+                .await
+                .with_context(|| format!("reading {}'s metadata", path.display()))?;
+            let source = Source::File {
+                path: path.to_owned(),
+                id: (meta.dev(), meta.ino()),
+            };
+            let size = (!args.follow).then_some(meta.len());
+            (
+                Box::new(BufReader::with_capacity(1 << 20, file)),
+                source,
+                size,
+            )
+        };
+    // With --follow, Ctrl-C ends the reading and the clicks read so far are still sent
+    // and reported; without it, Ctrl-C interrupts as usual (re-running is safe).
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    if args.follow {
+        let stop = Arc::clone(&stop);
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                stop.store(true, Ordering::Relaxed);
+            }
+        });
+    }
     let mut config = ProducerConfig::default();
     config.max_batch_clicks = args.batch as usize;
     config.linger = Duration::from_millis(20);
@@ -200,7 +232,8 @@ pub async fn run(client: Client, args: IngestArgs, out: &Output) -> anyhow::Resu
     let (tx, rx) = mpsc::channel::<(u64, Delivery)>(100_000);
     let collector = tokio::spawn(collect(rx, Arc::clone(&progress)));
     let parser = LineParser::new(args.format, args.source_id.as_deref());
-    let read = read_lines(reader, parser, &producer, &tx, &progress, args.follow).await;
+    let lines = LineReader::new(reader, source, args.follow, stop);
+    let read = read_lines(lines, parser, &producer, &tx, &progress).await;
     drop(tx);
     let stats = producer.close().await;
     collector.await.context("the result collector failed")?;
@@ -212,66 +245,191 @@ pub async fn run(client: Client, args: IngestArgs, out: &Output) -> anyhow::Resu
     report(&args.file, &progress, started.elapsed(), stats.batches, out)
 }
 
+/// The longest line read; a valid click is far shorter (under 1 KiB), so a longer line is
+/// not a click (a binary file, a whole JSON array on one line) and is skipped unread.
+const MAX_LINE_BYTES: usize = 64 << 10;
+
+/// One line of the input: its number (from 1), its byte offset, and its text or why it
+/// cannot be used.
+#[derive(Debug, PartialEq, Eq)]
+struct Line {
+    no: u64,
+    offset: u64,
+    text: Result<String, String>,
+}
+
+/// What the reader is reading: stdin, or a file (whose identity `--follow` watches).
+#[derive(Debug, Clone)]
+enum Source {
+    Stdin,
+    File {
+        path: std::path::PathBuf,
+        /// Device and inode of the opened file.
+        id: (u64, u64),
+    },
+}
+
+/// Splits the input into lines with their offsets, bounding each line's length.
+struct LineReader {
+    reader: Box<dyn AsyncBufRead + Unpin + Send>,
+    source: Source,
+    follow: bool,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    buf: Vec<u8>,
+    /// Bytes of the current line beyond `MAX_LINE_BYTES`, skipped rather than kept.
+    skipped: u64,
+    offset: u64,
+    no: u64,
+}
+
+impl LineReader {
+    fn new(
+        reader: Box<dyn AsyncBufRead + Unpin + Send>,
+        source: Source,
+        follow: bool,
+        stop: Arc<std::sync::atomic::AtomicBool>,
+    ) -> Self {
+        LineReader {
+            reader,
+            source,
+            follow,
+            stop,
+            buf: Vec::new(),
+            skipped: 0,
+            offset: 0,
+            no: 0,
+        }
+    }
+
+    /// The next line, `None` at the end of the input (or once stopped). A final line
+    /// without a newline is complete on stdin (the writer closed it); in a file it may
+    /// still be being written, so it is reported and not sent: sending it half-written
+    /// would pin a wrong click to its event id for good.
+    async fn next(&mut self) -> anyhow::Result<Option<Line>> {
+        loop {
+            if self.stop.load(Ordering::Relaxed) {
+                return Ok(None);
+            }
+            let chunk = self.reader.fill_buf().await.context("reading the input")?;
+            if chunk.is_empty() {
+                if self.buf.is_empty() && self.skipped == 0 {
+                    if !self.follow {
+                        return Ok(None);
+                    }
+                } else if !self.follow {
+                    let complete = matches!(self.source, Source::Stdin);
+                    return Ok(Some(self.take(complete)));
+                }
+                self.check_still_same_file()?;
+                tokio::time::sleep(FOLLOW_POLL).await;
+                continue;
+            }
+            let (part, newline) = match chunk.iter().position(|&b| b == b'\n') {
+                Some(i) => (&chunk[..=i], true),
+                None => (chunk, false),
+            };
+            let room = MAX_LINE_BYTES.saturating_sub(self.buf.len());
+            if part.len() <= room && self.skipped == 0 {
+                self.buf.extend_from_slice(part);
+            } else {
+                self.skipped += part.len() as u64;
+            }
+            let used = part.len();
+            self.reader.consume(used);
+            if newline {
+                return Ok(Some(self.take(true)));
+            }
+        }
+    }
+
+    /// Ends the current line: `complete` if it ended with a newline or the input closed.
+    fn take(&mut self, complete: bool) -> Line {
+        self.no += 1;
+        let len = self.buf.len() as u64 + self.skipped;
+        let line = Line {
+            no: self.no,
+            offset: self.offset,
+            text: if self.skipped > 0 {
+                Err(format!(
+                    "longer than {} KiB: not a click",
+                    MAX_LINE_BYTES >> 10
+                ))
+            } else if !complete {
+                Err(
+                    "incomplete: no newline at the end of the file (still being written?); \
+                     not sent: end the line and ingest the file again"
+                        .into(),
+                )
+            } else {
+                match std::str::from_utf8(&self.buf) {
+                    Ok(t) => Ok(t.trim_end_matches(['\n', '\r']).to_owned()),
+                    Err(e) => Err(format!("not UTF-8 text: {e}")),
+                }
+            },
+        };
+        self.offset += len;
+        self.buf.clear();
+        self.skipped = 0;
+        line
+    }
+
+    /// With `--follow`, at the end of the data: the path must still name the file being
+    /// read and the file must not have shrunk, or offsets (and so event ids) would no
+    /// longer mean the same lines.
+    fn check_still_same_file(&self) -> anyhow::Result<()> {
+        use std::os::unix::fs::MetadataExt;
+        let Source::File { path, id } = &self.source else {
+            return Ok(());
+        };
+        let meta = std::fs::metadata(path)
+            .with_context(|| format!("{} is gone (rotated?): stopping", path.display()))?;
+        if (meta.dev(), meta.ino()) != *id {
+            anyhow::bail!(
+                "{} now names another file (rotated?): stopping; ingest the rotated file \
+                 and start again on the new one",
+                path.display()
+            );
+        }
+        let read = self.offset + self.buf.len() as u64 + self.skipped;
+        if meta.len() < read {
+            anyhow::bail!(
+                "{} shrank below the {read} bytes already read (truncated?): stopping",
+                path.display()
+            );
+        }
+        Ok(())
+    }
+}
+
 /// Reads every line, sending the clicks and recording the bad lines, until the end of the
 /// input (or Ctrl-C with `follow`).
 async fn read_lines(
-    mut reader: Box<dyn AsyncBufRead + Unpin + Send>,
+    mut lines: LineReader,
     mut parser: LineParser,
     producer: &Producer,
     deliveries: &mpsc::Sender<(u64, Delivery)>,
     progress: &Progress,
-    follow: bool,
 ) -> anyhow::Result<()> {
-    let mut buf = Vec::new();
-    let mut offset = 0u64;
-    let mut line_no = 0u64;
-    let interrupted = tokio::signal::ctrl_c();
-    tokio::pin!(interrupted);
-    loop {
-        let n = reader
-            .read_until(b'\n', &mut buf)
-            .await
-            .context("reading the input")?;
-        let complete = buf.ends_with(b"\n");
-        if !complete && follow {
-            // At the end of the file, maybe mid-line: wait for more (the partial line stays
-            // in `buf` and is completed by the next read).
-            tokio::select! {
-                _ = &mut interrupted => break,
-                () = tokio::time::sleep(FOLLOW_POLL) => continue,
-            }
-        }
-        if n == 0 && buf.is_empty() {
-            break;
-        }
-        line_no += 1;
-        let start = offset;
-        offset += buf.len() as u64;
-        progress.lines.store(line_no, Ordering::Relaxed);
-        progress.bytes.store(offset, Ordering::Relaxed);
-        let text = match std::str::from_utf8(&buf) {
-            Ok(t) => t.trim_end_matches(['\n', '\r']),
-            Err(e) => {
-                progress.bad(line_no, format!("not UTF-8 text: {e}"));
-                buf.clear();
+    while let Some(line) = lines.next().await? {
+        progress.lines.store(line.no, Ordering::Relaxed);
+        progress.bytes.store(lines.offset, Ordering::Relaxed);
+        let text = match line.text {
+            Ok(t) if t.trim().is_empty() => continue,
+            Ok(t) => t,
+            Err(reason) => {
+                progress.bad(line.no, reason);
                 continue;
             }
         };
-        if !text.trim().is_empty() {
-            match parser.parse(text, start) {
-                Ok(click) => {
-                    let delivery = producer.send(click).await?;
-                    // The collector only stops once this sender is dropped.
-                    if deliveries.send((line_no, delivery)).await.is_err() {
-                        anyhow::bail!("the result collector stopped early");
-                    }
+        match parser.parse(&text, line.offset) {
+            Ok(click) => {
+                let delivery = producer.send(click).await?;
+                // The collector only stops once this sender is dropped.
+                if deliveries.send((line.no, delivery)).await.is_err() {
+                    anyhow::bail!("the result collector stopped early");
                 }
-                Err(reason) => progress.bad(line_no, reason),
             }
-        }
-        buf.clear();
-        if !complete {
-            break;
+            Err(reason) => progress.bad(line.no, reason),
         }
     }
     Ok(())
@@ -294,7 +452,12 @@ async fn collect(mut rx: mpsc::Receiver<(u64, Delivery)>, progress: Arc<Progress
             }
             Err(e) => {
                 progress.unconfirmed.fetch_add(1, Ordering::Relaxed);
-                progress.bad(line, format!("not confirmed, ingest it again: {e}"));
+                let what = if e.is_retryable() {
+                    "not confirmed (ingesting the file again is safe)"
+                } else {
+                    "not sent"
+                };
+                progress.bad(line, format!("{what}: {e}"));
             }
         }
     }
@@ -403,21 +566,85 @@ mod tests {
     }
 
     #[test]
-    fn seed_event_ids_follow_the_source_and_offset_only() {
-        let id = |source: Option<&str>, first: &str, offset| {
+    fn seed_event_ids_follow_the_source_offset_and_text() {
+        let id = |source: Option<&str>, first: &str, line: &str, offset| {
             let mut p = LineParser::new(Format::Seed, source);
             p.parse(first, 0).expect("first line");
-            p.parse(LINE, offset).expect("line").event_id
+            p.parse(line, offset).expect("line").event_id
         };
-        // Same source, same offset: same id, whichever run reads it.
-        assert_eq!(id(None, LINE, 70), id(None, LINE, 70));
+        // Same source, line and offset: same id, whichever run reads it.
+        assert_eq!(id(None, LINE, LINE, 70), id(None, LINE, LINE, 70));
         // Another offset or another source: another id.
-        assert_ne!(id(None, LINE, 70), id(None, LINE, 140));
+        assert_ne!(id(None, LINE, LINE, 70), id(None, LINE, LINE, 140));
         let other = "ad002, 2024-07-09 00:00:02, u, 1.2.3.4, USA";
-        assert_ne!(id(None, LINE, 70), id(None, other, 70));
+        assert_ne!(id(None, LINE, LINE, 70), id(None, other, LINE, 70));
         // An explicit source id wins over the first line.
-        assert_eq!(id(Some("s"), LINE, 70), id(Some("s"), other, 70));
-        assert_eq!(id(None, LINE, 70).as_bytes().len(), 24);
+        assert_eq!(
+            id(Some("s"), LINE, LINE, 70),
+            id(Some("s"), other, LINE, 70)
+        );
+        // Two files sharing a first line (a header) but not the line at an offset do not
+        // claim each other's clicks.
+        assert_ne!(id(None, LINE, LINE, 70), id(None, LINE, other, 70));
+        assert_eq!(id(None, LINE, LINE, 70).as_bytes().len(), 32);
+    }
+
+    async fn lines(input: &[u8], source: Source) -> Vec<Line> {
+        let reader: Box<dyn AsyncBufRead + Unpin + Send> = Box::new(BufReader::with_capacity(
+            16,
+            std::io::Cursor::new(input.to_vec()),
+        ));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut r = LineReader::new(reader, source, false, stop);
+        let mut out = Vec::new();
+        while let Some(l) = r.next().await.expect("reads") {
+            out.push(l);
+        }
+        out
+    }
+
+    fn file() -> Source {
+        Source::File {
+            path: "f".into(),
+            id: (0, 0),
+        }
+    }
+
+    #[tokio::test]
+    async fn lines_carry_their_numbers_and_byte_offsets() {
+        let got = lines(b"a\r\nbb\n\n\xff\xfe\nccc\n", file()).await;
+        let offsets: Vec<(u64, u64)> = got.iter().map(|l| (l.no, l.offset)).collect();
+        assert_eq!(offsets, [(1, 0), (2, 3), (3, 6), (4, 7), (5, 10)]);
+        assert_eq!(got[0].text, Ok("a".to_owned()));
+        assert_eq!(got[2].text, Ok(String::new()));
+        assert!(got[3].text.as_ref().is_err_and(|e| e.contains("UTF-8")));
+        assert_eq!(got[4].text, Ok("ccc".to_owned()));
+    }
+
+    #[tokio::test]
+    async fn a_files_unfinished_last_line_is_held_back_but_stdins_is_not() {
+        let got = lines(b"a\nhalf-writ", file()).await;
+        assert_eq!(got.len(), 2);
+        assert!(got[1]
+            .text
+            .as_ref()
+            .is_err_and(|e| e.contains("incomplete")));
+        let got = lines(b"a\nlast", Source::Stdin).await;
+        assert_eq!(got[1].text, Ok("last".to_owned()));
+    }
+
+    #[tokio::test]
+    async fn an_overlong_line_is_skipped_and_the_next_keeps_its_offset() {
+        let mut input = vec![b'x'; MAX_LINE_BYTES + 10];
+        input.extend_from_slice(b"\nok\n");
+        let got = lines(&input, file()).await;
+        assert_eq!(got.len(), 2);
+        assert!(got[0]
+            .text
+            .as_ref()
+            .is_err_and(|e| e.contains("longer than")));
+        assert_eq!(got[1].offset, MAX_LINE_BYTES as u64 + 11);
+        assert_eq!(got[1].text, Ok("ok".to_owned()));
     }
 
     #[test]

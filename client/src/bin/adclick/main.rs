@@ -98,7 +98,8 @@ struct ReadArgs {
     /// Count only clicks matching this registered filter.
     #[arg(long, value_name = "NAME")]
     filter: Option<String>,
-    /// Read from any replica without asking the leader (cheaper, may miss recent writes).
+    /// Answer from the serving node's applied state without confirming with the leader
+    /// (cheaper; may miss the latest writes).
     #[arg(long)]
     stale: bool,
 }
