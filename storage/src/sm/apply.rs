@@ -17,13 +17,16 @@
 //!    enters the dedup index, and `W = max(W, max counted event time - allowed_lateness)`.
 //!    When W's minute rises, ids of the minutes below it expire.
 
-use std::collections::HashMap;
+use std::borrow::Borrow;
+use std::collections::BTreeMap;
+use std::hash::{Hash, Hasher};
 
 use adclick_proto::model::{AdId, Click, Minute, Outcome, RejectReason};
 
 use super::dedup::DedupIndex;
 use super::filters::{self, ActiveFilter};
 use super::format::{EventClock, FilterRecord};
+use super::hash::FastMap;
 use crate::types::{
     Command, CommandResponse, FilterDef, GroupSettings, IngestBatch, LogId, StoredMembership,
 };
@@ -43,6 +46,66 @@ impl Delta {
             Some((_, n)) => *n += 1,
             None => self.filters.push((id, 1)),
         }
+    }
+}
+
+/// An ad id as a map key that can be looked up by its bytes, so that finding an ad that is
+/// already pending costs no clone of the click's id (`AdId` has no `Borrow<[u8]>`).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct AdKey(pub AdId);
+
+impl Borrow<[u8]> for AdKey {
+    fn borrow(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+}
+
+impl Hash for AdKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        // Exactly like the borrowed `[u8]` (the `Borrow` contract).
+        self.0.as_bytes().hash(state);
+    }
+}
+
+/// Ids that entered the dedup index, with their minute, in apply order: one flat buffer,
+/// so recording an id costs no allocation of its own.
+#[derive(Debug, Default)]
+pub struct DedupLog {
+    /// Per id: its minute and where its bytes end in `bytes` (they start where the
+    /// previous id's end).
+    ends: Vec<(Minute, u32)>,
+    bytes: Vec<u8>,
+}
+
+impl DedupLog {
+    /// Records `id`, counted in `minute`.
+    pub fn push(&mut self, minute: Minute, id: &[u8]) {
+        self.bytes.extend_from_slice(id);
+        assert!(
+            self.bytes.len() <= u32::MAX as usize,
+            "pending dedup ids exceed 4 GiB"
+        );
+        self.ends.push((minute, self.bytes.len() as u32));
+    }
+
+    /// The ids in the order they were recorded.
+    pub fn iter(&self) -> impl Iterator<Item = (Minute, &[u8])> + '_ {
+        let mut start = 0usize;
+        self.ends.iter().map(move |&(minute, end)| {
+            let id = &self.bytes[start..end as usize];
+            start = end as usize;
+            (minute, id)
+        })
+    }
+
+    /// How many ids were recorded.
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// Whether no id was recorded.
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
     }
 }
 
@@ -68,12 +131,13 @@ pub enum RegistryOp {
 /// The effects of applying some entries, not yet written.
 #[derive(Debug, Default)]
 pub struct Pending {
-    /// Accepted clicks per (minute, ad).
-    pub counts: HashMap<(Minute, AdId), Delta>,
+    /// Accepted clicks per minute and ad: one entry per counter key the commit writes,
+    /// however many clicks it took.
+    pub counts: BTreeMap<Minute, FastMap<AdKey, Delta>>,
     /// Late clicks per (ad, minute).
-    pub late: HashMap<(AdId, Minute), u64>,
+    pub late: FastMap<(AdId, Minute), u64>,
     /// Ids that entered the dedup index, with their minute.
-    pub dedup: Vec<(Minute, bytes::Bytes)>,
+    pub dedup: DedupLog,
     /// The dedup floor rose to this: every id of an older minute expires. Written after
     /// `dedup`, which gives the same result as interleaving (the floor only rises).
     pub dedup_floor: Option<Minute>,
@@ -174,8 +238,12 @@ impl ApplyState {
             return Outcome::Late;
         }
         self.dedup.insert(id, minute);
-        p.dedup.push((minute, c.event_id.to_bytes()));
-        let delta = p.counts.entry((minute, c.ad_id.clone())).or_default();
+        p.dedup.push(minute, id);
+        let per_ad = p.counts.entry(minute).or_default();
+        let delta = match per_ad.get_mut(c.ad_id.as_bytes()) {
+            Some(d) => d,
+            None => per_ad.entry(AdKey(c.ad_id.clone())).or_default(),
+        };
         delta.all += 1;
         for f in self.filters.iter().filter(|f| f.matches(c)) {
             delta.add_filter(f.id);
@@ -326,7 +394,14 @@ mod tests {
             vec![click("a", "x", at), click("a", "x", at - 2 * MIN)],
         );
         assert_eq!(out, [Outcome::Accepted, Outcome::Duplicate]);
-        assert_eq!(p.counts.values().map(|d| d.all).sum::<u64>(), 1);
+        assert_eq!(
+            p.counts
+                .values()
+                .flat_map(|m| m.values())
+                .map(|d| d.all)
+                .sum::<u64>(),
+            1
+        );
     }
 
     #[test]

@@ -111,6 +111,16 @@ pub fn minute_from(b: [u8; 8]) -> Minute {
     Minute((u64::from_be_bytes(b) ^ (1 << 63)) as i64)
 }
 
+/// Which counter family: all accepted clicks, or those matching one filter (by id).
+/// Decides between the [`tag::COUNT`] and [`tag::FILTER_COUNT`] keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Slot {
+    /// Every accepted click.
+    All,
+    /// Accepted clicks matching the filter with this id.
+    Filter(u64),
+}
+
 /// Builds every key of one group. Cheap to copy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Keys {
@@ -168,32 +178,53 @@ impl Keys {
 
     /// Counter of `(ad, minute)` over all clicks.
     pub fn count(&self, minute: Minute, ad: &[u8]) -> Vec<u8> {
-        let mut k = self.with_tag(tag::COUNT, 8 + ad.len());
-        k.extend_from_slice(&minute_bytes(minute));
-        k.extend_from_slice(ad);
+        self.slot_count(Slot::All, minute, ad)
+    }
+
+    /// Counter of `(ad, minute)` in `slot`: [`Keys::count`] or [`Keys::filter_count`].
+    pub fn slot_count(&self, slot: Slot, minute: Minute, ad: &[u8]) -> Vec<u8> {
+        let mut k = Vec::with_capacity(GROUP_PREFIX_LEN + 1 + 16 + ad.len());
+        self.slot_count_into(&mut k, slot, minute, ad);
         k
+    }
+
+    /// [`Keys::slot_count`] written into `buf` (cleared first), so a commit can reuse one
+    /// buffer for all its keys.
+    pub fn slot_count_into(&self, buf: &mut Vec<u8>, slot: Slot, minute: Minute, ad: &[u8]) {
+        buf.clear();
+        buf.extend_from_slice(&self.group);
+        match slot {
+            Slot::All => buf.push(tag::COUNT),
+            Slot::Filter(id) => {
+                buf.push(tag::FILTER_COUNT);
+                buf.extend_from_slice(&id.to_be_bytes());
+            }
+        }
+        buf.extend_from_slice(&minute_bytes(minute));
+        buf.extend_from_slice(ad);
+    }
+
+    /// Counters of every ad of `slot` in minutes `[from, to)`.
+    pub fn slot_count_range(&self, slot: Slot, from: Minute, to: Minute) -> (Vec<u8>, Vec<u8>) {
+        (
+            self.slot_count(slot, from, &[]),
+            self.slot_count(slot, to, &[]),
+        )
     }
 
     /// Counters of every ad in minutes `[from, to)` over all clicks.
     pub fn count_range(&self, from: Minute, to: Minute) -> (Vec<u8>, Vec<u8>) {
-        (self.count(from, &[]), self.count(to, &[]))
+        self.slot_count_range(Slot::All, from, to)
     }
 
     /// Counter of `(ad, minute)` restricted to filter `id`.
     pub fn filter_count(&self, id: u64, minute: Minute, ad: &[u8]) -> Vec<u8> {
-        let mut k = self.with_tag(tag::FILTER_COUNT, 16 + ad.len());
-        k.extend_from_slice(&id.to_be_bytes());
-        k.extend_from_slice(&minute_bytes(minute));
-        k.extend_from_slice(ad);
-        k
+        self.slot_count(Slot::Filter(id), minute, ad)
     }
 
     /// Counters of filter `id` over minutes `[from, to)`.
     pub fn filter_count_range(&self, id: u64, from: Minute, to: Minute) -> (Vec<u8>, Vec<u8>) {
-        (
-            self.filter_count(id, from, &[]),
-            self.filter_count(id, to, &[]),
-        )
+        self.slot_count_range(Slot::Filter(id), from, to)
     }
 
     /// Every counter of filter `id`.
@@ -227,10 +258,18 @@ impl Keys {
 
     /// Dedup entry of `event_id`, kept under the minute its click counted in.
     pub fn dedup(&self, minute: Minute, event_id: &[u8]) -> Vec<u8> {
-        let mut k = self.with_tag(tag::DEDUP, 8 + event_id.len());
-        k.extend_from_slice(&minute_bytes(minute));
-        k.extend_from_slice(event_id);
+        let mut k = Vec::with_capacity(GROUP_PREFIX_LEN + 1 + 8 + event_id.len());
+        self.dedup_into(&mut k, minute, event_id);
         k
+    }
+
+    /// [`Keys::dedup`] written into `buf` (cleared first).
+    pub fn dedup_into(&self, buf: &mut Vec<u8>, minute: Minute, event_id: &[u8]) {
+        buf.clear();
+        buf.extend_from_slice(&self.group);
+        buf.push(tag::DEDUP);
+        buf.extend_from_slice(&minute_bytes(minute));
+        buf.extend_from_slice(event_id);
     }
 
     /// Every dedup entry of a minute older than `floor`.
@@ -308,6 +347,22 @@ pub fn parse_filter_count_key(keys: &Keys, key: &[u8]) -> DecodeResult<(u64, Min
     let (id, rest) = rest.split_at(8);
     let (minute, ad) = split_minute_ad(rest)?;
     Ok((u64::from_be_bytes(fixed8(id)?), minute, ad))
+}
+
+/// Parses the key of a counter of `slot` (a `COUNT` or `FILTER_COUNT` key of that filter).
+pub fn parse_slot_count_key(keys: &Keys, slot: Slot, key: &[u8]) -> DecodeResult<(Minute, AdId)> {
+    match slot {
+        Slot::All => parse_count_key(keys, key),
+        Slot::Filter(want) => {
+            let (id, minute, ad) = parse_filter_count_key(keys, key)?;
+            if id != want {
+                return Err(Malformed::new(format!(
+                    "counter of filter {id} where filter {want} was read"
+                )));
+            }
+            Ok((minute, ad))
+        }
+    }
 }
 
 /// The minute of a `LATE` key (its last 8 bytes).
@@ -678,6 +733,38 @@ mod tests {
             assert!(start <= key && key < end, "{key:?}");
             assert!(!(Keys::new(6).group_start() <= key && key < Keys::new(6).group_end()));
         }
+    }
+
+    #[test]
+    fn counter_and_dedup_keys_keep_their_bytes() {
+        // The on-disk layout of docs/state-format.md, pinned byte by byte.
+        let k = Keys::new(0x0102);
+        let g = [0, 0, 0, 0, 0, 0, 1, 2];
+        let m = [0x80, 0, 0, 0, 0, 0, 0, 5];
+        let cat = |parts: &[&[u8]]| parts.concat();
+        assert_eq!(k.count(Minute(5), b"ad"), cat(&[&g, &[0x02], &m, b"ad"]));
+        assert_eq!(
+            k.filter_count(9, Minute(5), b"ad"),
+            cat(&[&g, &[0x03], &9u64.to_be_bytes(), &m, b"ad"])
+        );
+        assert_eq!(
+            k.slot_count(Slot::Filter(9), Minute(5), b"ad"),
+            k.filter_count(9, Minute(5), b"ad")
+        );
+        assert_eq!(k.dedup(Minute(5), b"e1"), cat(&[&g, &[0x05], &m, b"e1"]));
+        let mut buf = b"junk".to_vec();
+        k.dedup_into(&mut buf, Minute(5), b"e1");
+        assert_eq!(buf, k.dedup(Minute(5), b"e1"));
+        k.slot_count_into(&mut buf, Slot::All, Minute(5), b"ad");
+        assert_eq!(buf, k.count(Minute(5), b"ad"));
+        assert_eq!(
+            parse_slot_count_key(&k, Slot::Filter(9), &k.filter_count(9, Minute(5), b"ad")),
+            Ok((Minute(5), AdId::new("ad").expect("ad")))
+        );
+        assert!(
+            parse_slot_count_key(&k, Slot::Filter(8), &k.filter_count(9, Minute(5), b"ad"))
+                .is_err()
+        );
     }
 
     #[test]

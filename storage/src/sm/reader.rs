@@ -194,10 +194,7 @@ impl SmReader {
             for chunk in disk_minutes.chunks(MULTI_GET_CHUNK) {
                 let batch: Vec<Vec<u8>> = chunk
                     .iter()
-                    .map(|m| match slot {
-                        Slot::All => keys.count(*m, ad.as_bytes()),
-                        Slot::Filter(id) => keys.filter_count(id, *m, ad.as_bytes()),
-                    })
+                    .map(|m| keys.slot_count(slot, *m, ad.as_bytes()))
                     .collect();
                 for v in db.batched_multi_get_cf_opt(cf, &batch, true, &ro) {
                     if let Some(v) = v? {
@@ -250,16 +247,10 @@ impl SmReader {
         live.counters.accumulate(slot, mem, &mut acc);
         let snap = db.snapshot();
         drop(live);
-        let (a, b) = match slot {
-            Slot::All => keys.count_range(disk.from, disk.to),
-            Slot::Filter(id) => keys.filter_count_range(id, disk.from, disk.to),
-        };
+        let (a, b) = keys.slot_count_range(slot, disk.from, disk.to);
         scan(db, cf, Some(&snap), (&a, &b), true, |k, v| {
-            let parsed = match slot {
-                Slot::All => format::parse_count_key(&keys, k).map(|(_, ad)| ad),
-                Slot::Filter(_) => format::parse_filter_count_key(&keys, k).map(|(_, _, ad)| ad),
-            };
-            let ad = parsed.map_err(|m| sh.corrupt(m.0))?;
+            let (_, ad) =
+                format::parse_slot_count_key(&keys, slot, k).map_err(|m| sh.corrupt(m.0))?;
             let n = format::decode_count(v).map_err(|m| sh.corrupt(m.0))?;
             let c = acc.entry(ad).or_insert(0);
             *c = c.saturating_add(n);

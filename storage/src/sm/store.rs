@@ -18,7 +18,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use adclick_proto::model::Minute;
+use adclick_proto::model::{AdId, Minute};
 use openraft::EntryPayload;
 use rocksdb::{
     ColumnFamily, ColumnFamilyDescriptor, Options, ReadOptions, WriteBatch, WriteOptions, DB,
@@ -325,39 +325,14 @@ impl StateMachine {
         let st = &self.state;
         let mut batch = WriteBatch::default();
 
-        // Phase 1, no lock: everything but the counters. Only this thread writes, so
+        // Phase 1, no lock: meta, registry and late tallies. Only this thread writes, so
         // reads of RocksDB here see the last commit.
-        for op in &p.registry {
-            match op {
-                RegistryOp::Create { name, record } => {
-                    batch.put_cf(cf, keys.filter(name), format::encode_filter(record));
-                }
-                RegistryOp::Drop { name, id } => {
-                    batch.delete_cf(cf, keys.filter(name));
-                    let (a, b) = keys.filter_count_all(*id);
-                    batch.delete_range_cf(cf, a, b);
-                }
-            }
-        }
-        for (minute, id) in &p.dedup {
-            batch.put_cf(cf, keys.dedup(*minute, id), []);
-        }
-        if let Some(floor) = p.dedup_floor {
-            let (a, b) = keys.dedup_below(floor);
-            batch.delete_range_cf(cf, a, b);
-        }
-        // Late tallies are the only read-modify-write: they can hit any past minute, so
-        // they live on disk only.
-        let mut late = BTreeMap::new();
-        for ((ad, minute), n) in &p.late {
-            let key = keys.late(ad.as_bytes(), *minute);
-            let cur = match db.get_pinned_cf(cf, &key)? {
-                Some(v) => format::decode_count(&v).map_err(|m| shared.corrupt(m.0))?,
-                None => 0,
-            };
-            batch.put_cf(cf, key, format::encode_u64(cur + n));
-            late.insert((ad.clone(), *minute), cur + n);
-        }
+        //
+        // The batch's puts go in ascending key order as far as correctness allows (meta,
+        // filters, late tallies (few), counters, dedup ids): RocksDB inserts a batch into
+        // the memtable's skip list one key after the other, starting each search from
+        // where the previous insert ended, so sorted keys make each insert a short walk
+        // instead of a descent from the top (the memtable was the largest share of apply).
         if let Some(applied) = &st.applied {
             batch.put_cf(cf, keys.meta(meta::APPLIED), format::encode_log_id(applied));
         }
@@ -378,42 +353,57 @@ impl StateMachine {
         if let (true, Some(clock)) = (p.clock_changed, &st.clock) {
             batch.put_cf(cf, keys.meta(meta::CLOCK), format::encode_clock(clock));
         }
+        // In apply order: a filter created and dropped in one batch must end up dropped.
+        for op in &p.registry {
+            match op {
+                RegistryOp::Create { name, record } => {
+                    batch.put_cf(cf, keys.filter(name), format::encode_filter(record));
+                }
+                RegistryOp::Drop { name, id } => {
+                    batch.delete_cf(cf, keys.filter(name));
+                    let (a, b) = keys.filter_count_all(*id);
+                    batch.delete_range_cf(cf, a, b);
+                }
+            }
+        }
+        // Late tallies are the only read-modify-write: they can hit any past minute, so
+        // they live on disk only.
+        let mut late = BTreeMap::new();
+        for ((ad, minute), n) in &p.late {
+            let key = keys.late(ad.as_bytes(), *minute);
+            let cur = match db.get_pinned_cf(cf, &key)? {
+                Some(v) => format::decode_count(&v).map_err(|m| shared.corrupt(m.0))?,
+                None => 0,
+            };
+            batch.put_cf(cf, key, format::encode_u64(cur + n));
+            late.insert((ad.clone(), *minute), cur + n);
+        }
 
-        // Phase 2, write lock: publish the new state in memory and put the counters'
-        // absolute values. Counters of a filter dropped in this batch are not written
-        // (its range delete is already in the batch).
-        let dropped: Vec<u64> = p
-            .registry
-            .iter()
-            .filter_map(|op| match op {
-                RegistryOp::Drop { id, .. } => Some(*id),
-                RegistryOp::Create { .. } => None,
-            })
-            .collect();
+        // Phase 2, write lock: publish the new state in memory, noting the counters' new
+        // absolute values. Only the in-memory updates happen under the lock; their keys
+        // are built and put into the batch after it is released.
+        let mut counted: Vec<(Slot, Minute, &AdId, u64)> = Vec::with_capacity(
+            p.counts
+                .values()
+                .map(|m| m.len())
+                .sum::<usize>()
+                .saturating_mul(1 + st.filters.len()),
+        );
         {
             let mut live = shared.write_live()?;
-            for ((minute, ad), d) in &p.counts {
+            for (&minute, per_ad) in &p.counts {
                 assert!(
-                    live.mem_floor.is_none_or(|f| *minute >= f),
+                    live.mem_floor.is_none_or(|f| minute >= f),
                     "counted into minute {minute:?} below the in-memory floor {:?}",
                     live.mem_floor
                 );
-                let v = live.counters.add(Slot::All, *minute, ad, d.all);
-                batch.put_cf(
-                    cf,
-                    keys.count(*minute, ad.as_bytes()),
-                    format::encode_u64(v),
+                live.counters.add_minute(
+                    minute,
+                    per_ad
+                        .iter()
+                        .map(|(ad, d)| (&ad.0, d.all, d.filters.as_slice())),
+                    |ad, slot, v| counted.push((slot, minute, ad, v)),
                 );
-                for &(id, n) in &d.filters {
-                    let v = live.counters.add(Slot::Filter(id), *minute, ad, n);
-                    if !dropped.contains(&id) {
-                        batch.put_cf(
-                            cf,
-                            keys.filter_count(id, *minute, ad.as_bytes()),
-                            format::encode_u64(v),
-                        );
-                    }
-                }
             }
             for op in &p.registry {
                 match op {
@@ -435,6 +425,39 @@ impl StateMachine {
             live.settings = st.settings;
             live.clock = st.clock;
             live.late_overlay = Some(late);
+        }
+        // Counters of a filter dropped in this batch are not written (its range delete
+        // is already in the batch).
+        let dropped: Vec<u64> = p
+            .registry
+            .iter()
+            .filter_map(|op| match op {
+                RegistryOp::Drop { id, .. } => Some(*id),
+                RegistryOp::Create { .. } => None,
+            })
+            .collect();
+        // One key buffer for the rest of the commit: no allocation per key.
+        let mut key = Vec::with_capacity(128);
+        // (slot, minute, ad) is the counter keys' byte order.
+        counted
+            .sort_unstable_by(|a, b| (a.0, a.1, a.2.as_bytes()).cmp(&(b.0, b.1, b.2.as_bytes())));
+        for &(slot, minute, ad, v) in &counted {
+            if matches!(slot, Slot::Filter(id) if dropped.contains(&id)) {
+                continue;
+            }
+            keys.slot_count_into(&mut key, slot, minute, ad.as_bytes());
+            batch.put_cf(cf, &key, format::encode_u64(v));
+        }
+        let mut ids: Vec<(Minute, &[u8])> = p.dedup.iter().collect();
+        ids.sort_unstable();
+        for (minute, id) in ids {
+            keys.dedup_into(&mut key, minute, id);
+            batch.put_cf(cf, &key, []);
+        }
+        // After the ids: ids of this batch in minutes that expired meanwhile go too.
+        if let Some(floor) = p.dedup_floor {
+            let (a, b) = keys.dedup_below(floor);
+            batch.delete_range_cf(cf, a, b);
         }
 
         // Phase 3, no lock: the RocksDB write. Readers meanwhile see the new view; the
@@ -543,22 +566,15 @@ impl StateMachine {
             .clock
             .map(|c| mem_floor(c.floor(), self.opts.keep_final_minutes));
         let from = floor.unwrap_or(Minute(i64::MIN));
-        let (a, b) = keys.count_range(from, Minute(i64::MAX));
-        scan(db, cf, None, (&a, &b), true, |k, v| {
-            let (minute, ad) = format::parse_count_key(&keys, k).map_err(bad)?;
-            let n = format::decode_count(v).map_err(bad)?;
-            if n > 0 {
-                live.counters.add(Slot::All, minute, &ad, n);
-            }
-            Ok(true)
-        })?;
-        for f in &st.filters {
-            let (a, b) = keys.filter_count_range(f.id, from, Minute(i64::MAX));
+        // `All` first: a filter slot only holds ads its minute's `All` slot holds.
+        let slots = std::iter::once(Slot::All).chain(st.filters.iter().map(|f| Slot::Filter(f.id)));
+        for slot in slots {
+            let (a, b) = keys.slot_count_range(slot, from, Minute(i64::MAX));
             scan(db, cf, None, (&a, &b), true, |k, v| {
-                let (_, minute, ad) = format::parse_filter_count_key(&keys, k).map_err(bad)?;
+                let (minute, ad) = format::parse_slot_count_key(&keys, slot, k).map_err(bad)?;
                 let n = format::decode_count(v).map_err(bad)?;
                 if n > 0 {
-                    live.counters.add(Slot::Filter(f.id), minute, &ad, n);
+                    live.counters.add(slot, minute, &ad, n);
                 }
                 Ok(true)
             })?;
