@@ -25,7 +25,7 @@ use adclick_proto::model::{AdId, Click, Minute, Outcome, RejectReason};
 
 use super::dedup::DedupIndex;
 use super::filters::{self, ActiveFilter};
-use super::format::{EventClock, FilterRecord};
+use super::format::{DedupBlock, EventClock, FilterRecord};
 use super::hash::FastMap;
 use crate::types::{
     Command, CommandResponse, FilterDef, GroupSettings, IngestBatch, LogId, StoredMembership,
@@ -67,45 +67,49 @@ impl Hash for AdKey {
     }
 }
 
-/// Ids that entered the dedup index, with their minute, in apply order: one flat buffer,
-/// so recording an id costs no allocation of its own.
+/// Ids that entered the dedup index, as the blocks they are stored in: per entry and
+/// minute, the ids in apply order (split into parts at [`DedupBlock::MAX_LEN`]). Blocks
+/// depend only on the entries, never on how entries were grouped into commits, so
+/// replicas that commit differently still store the same bytes.
 #[derive(Debug, Default)]
 pub struct DedupLog {
-    /// Per id: its minute and where its bytes end in `bytes` (they start where the
-    /// previous id's end).
-    ends: Vec<(Minute, u32)>,
-    bytes: Vec<u8>,
+    /// By `(minute, log index, part)`: the RocksDB keys' order.
+    blocks: BTreeMap<(Minute, u64, u32), DedupBlock>,
+    ids: usize,
 }
 
 impl DedupLog {
-    /// Records `id`, counted in `minute`.
-    pub fn push(&mut self, minute: Minute, id: &[u8]) {
-        self.bytes.extend_from_slice(id);
-        assert!(
-            self.bytes.len() <= u32::MAX as usize,
-            "pending dedup ids exceed 4 GiB"
-        );
-        self.ends.push((minute, self.bytes.len() as u32));
+    /// Records `id`, counted in `minute` by the entry at `index`.
+    pub fn push(&mut self, index: u64, minute: Minute, id: &[u8]) {
+        let last = self
+            .blocks
+            .range_mut((minute, index, 0)..=(minute, index, u32::MAX))
+            .next_back();
+        match last {
+            Some((_, block)) if block.fits(id) => block.push(id),
+            last => {
+                let part = last.map_or(0, |((_, _, part), _)| part + 1);
+                let mut block = DedupBlock::new();
+                block.push(id);
+                self.blocks.insert((minute, index, part), block);
+            }
+        }
+        self.ids += 1;
     }
 
-    /// The ids in the order they were recorded.
-    pub fn iter(&self) -> impl Iterator<Item = (Minute, &[u8])> + '_ {
-        let mut start = 0usize;
-        self.ends.iter().map(move |&(minute, end)| {
-            let id = &self.bytes[start..end as usize];
-            start = end as usize;
-            (minute, id)
-        })
+    /// The blocks, in key order: `(minute, log index, part)` and the encoded value.
+    pub fn blocks(&self) -> impl Iterator<Item = ((Minute, u64, u32), &[u8])> + '_ {
+        self.blocks.iter().map(|(k, b)| (*k, b.as_bytes()))
     }
 
     /// How many ids were recorded.
     pub fn len(&self) -> usize {
-        self.ends.len()
+        self.ids
     }
 
     /// Whether no id was recorded.
     pub fn is_empty(&self) -> bool {
-        self.ends.is_empty()
+        self.ids == 0
     }
 }
 
@@ -204,23 +208,23 @@ impl ApplyState {
     /// Applies a command at `index` (the entry's log index); the caller advanced `applied`.
     pub fn apply(&mut self, index: u64, cmd: &Command, p: &mut Pending) -> CommandResponse {
         match cmd {
-            Command::Ingest(batch) => CommandResponse::Ingest(self.ingest(batch, p)),
+            Command::Ingest(batch) => CommandResponse::Ingest(self.ingest(index, batch, p)),
             Command::Configure(s) => self.configure(*s, p),
             Command::CreateFilter(def) => self.create_filter(index, def, p),
             Command::DropFilter { name } => self.drop_filter(name, p),
         }
     }
 
-    fn ingest(&mut self, batch: &IngestBatch, p: &mut Pending) -> Vec<Outcome> {
+    fn ingest(&mut self, index: u64, batch: &IngestBatch, p: &mut Pending) -> Vec<Outcome> {
         p.clicks += batch.clicks.len();
         batch
             .clicks
             .iter()
-            .map(|c| self.click(c, batch.proposed_at_ms, p))
+            .map(|c| self.click(index, c, batch.proposed_at_ms, p))
             .collect()
     }
 
-    fn click(&mut self, c: &Click, proposed_at_ms: i64, p: &mut Pending) -> Outcome {
+    fn click(&mut self, index: u64, c: &Click, proposed_at_ms: i64, p: &mut Pending) -> Outcome {
         if c.validate().is_err() {
             return Outcome::Rejected(RejectReason::Invalid);
         }
@@ -238,7 +242,7 @@ impl ApplyState {
             return Outcome::Late;
         }
         self.dedup.insert(id, minute);
-        p.dedup.push(minute, id);
+        p.dedup.push(index, minute, id);
         let per_ad = p.counts.entry(minute).or_default();
         let delta = match per_ad.get_mut(c.ad_id.as_bytes()) {
             Some(d) => d,
@@ -472,6 +476,40 @@ mod tests {
             Some(at),
             "smaller lateness applies at once"
         );
+    }
+
+    #[test]
+    fn an_entrys_ids_are_one_block_per_minute_split_only_when_full() {
+        let mut log = DedupLog::default();
+        log.push(7, Minute(2), b"a");
+        log.push(7, Minute(1), b"b");
+        log.push(7, Minute(2), b"c");
+        log.push(8, Minute(1), b"d");
+        let keys: Vec<_> = log.blocks().map(|(k, _)| k).collect();
+        assert_eq!(
+            keys,
+            [(Minute(1), 7, 0), (Minute(1), 8, 0), (Minute(2), 7, 0)]
+        );
+        let mut ids = Vec::new();
+        let (_, third) = log.blocks().nth(2).expect("block");
+        crate::sm::format::decode_dedup_block(third, |id| ids.push(id.to_vec()))
+            .expect("valid block");
+        assert_eq!(ids, [b"a".to_vec(), b"c".to_vec()], "apply order kept");
+
+        let mut big = DedupLog::default();
+        let n = 2 * DedupBlock::MAX_LEN / 65 + 1;
+        for i in 0..n {
+            let mut id = [0u8; 64];
+            id[..8].copy_from_slice(&(i as u64).to_be_bytes());
+            big.push(3, Minute(0), &id);
+        }
+        let parts: Vec<_> = big
+            .blocks()
+            .map(|((_, _, part), v)| (part, v.len()))
+            .collect();
+        assert_eq!(parts.len(), 3, "{parts:?}");
+        assert!(parts.iter().all(|(_, len)| *len <= DedupBlock::MAX_LEN));
+        assert_eq!(big.len(), n);
     }
 
     #[test]

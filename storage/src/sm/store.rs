@@ -26,7 +26,7 @@ use rocksdb::{
 
 use super::apply::{ApplyState, Pending, RegistryOp};
 use super::filters;
-use super::format::{self, meta, Keys};
+use super::format::{self, meta, tag, Keys};
 use super::live::{Live, Slot};
 use super::snapshot::{self, SnapshotFile, SnapshotReader};
 use super::validate::RecordCheck;
@@ -327,12 +327,6 @@ impl StateMachine {
 
         // Phase 1, no lock: meta, registry and late tallies. Only this thread writes, so
         // reads of RocksDB here see the last commit.
-        //
-        // The batch's puts go in ascending key order as far as correctness allows (meta,
-        // filters, late tallies (few), counters, dedup ids): RocksDB inserts a batch into
-        // the memtable's skip list one key after the other, starting each search from
-        // where the previous insert ended, so sorted keys make each insert a short walk
-        // instead of a descent from the top (the memtable was the largest share of apply).
         if let Some(applied) = &st.applied {
             batch.put_cf(cf, keys.meta(meta::APPLIED), format::encode_log_id(applied));
         }
@@ -438,9 +432,6 @@ impl StateMachine {
             .collect();
         // One key buffer for the rest of the commit: no allocation per key.
         let mut key = Vec::with_capacity(128);
-        // (slot, minute, ad) is the counter keys' byte order.
-        counted
-            .sort_unstable_by(|a, b| (a.0, a.1, a.2.as_bytes()).cmp(&(b.0, b.1, b.2.as_bytes())));
         for &(slot, minute, ad, v) in &counted {
             if matches!(slot, Slot::Filter(id) if dropped.contains(&id)) {
                 continue;
@@ -448,16 +439,15 @@ impl StateMachine {
             keys.slot_count_into(&mut key, slot, minute, ad.as_bytes());
             batch.put_cf(cf, &key, format::encode_u64(v));
         }
-        let mut ids: Vec<(Minute, &[u8])> = p.dedup.iter().collect();
-        ids.sort_unstable();
-        for (minute, id) in ids {
-            keys.dedup_into(&mut key, minute, id);
-            batch.put_cf(cf, &key, []);
+        for ((minute, index, part), block) in p.dedup.blocks() {
+            keys.dedup_block_into(&mut key, minute, index, part);
+            batch.put_cf(cf, &key, block);
         }
         // After the ids: ids of this batch in minutes that expired meanwhile go too.
         if let Some(floor) = p.dedup_floor {
-            let (a, b) = keys.dedup_below(floor);
-            batch.delete_range_cf(cf, a, b);
+            for (a, b) in keys.dedup_below(floor) {
+                batch.delete_range_cf(cf, a, b);
+            }
         }
 
         // Phase 3, no lock: the RocksDB write. Readers meanwhile see the new view; the
@@ -552,12 +542,26 @@ impl StateMachine {
         if let Some(clock) = st.clock {
             st.dedup.raise_floor(clock.floor());
         }
-        let (a, b) = keys.dedup_all();
-        scan(db, cf, None, (&a, &b), true, |k, _| {
-            let (minute, id) = format::parse_dedup_key(&keys, k).map_err(bad)?;
-            // Expired ids are range-deleted with the floor; skip any that survived.
+        // Ids of an open minute: insert each once (a retry of an expired id may have been
+        // counted again in a newer minute, so the same id can appear twice).
+        fn add_id(st: &mut ApplyState, minute: Minute, id: &[u8]) {
             if st.dedup.is_live(minute) && st.dedup.lookup(id).is_none() {
                 st.dedup.insert(id, minute);
+            }
+        }
+        // The first layout, one key per id (written by older versions).
+        let (a, b) = keys.dedup_all(tag::DEDUP_IDS);
+        scan(db, cf, None, (&a, &b), true, |k, _| {
+            let (minute, id) = format::parse_dedup_id_key(&keys, k).map_err(bad)?;
+            add_id(&mut st, minute, id);
+            Ok(true)
+        })?;
+        let (a, b) = keys.dedup_all(tag::DEDUP);
+        scan(db, cf, None, (&a, &b), true, |k, v| {
+            let (minute, _, _) = format::parse_dedup_block_key(&keys, k).map_err(bad)?;
+            // Expired blocks are range-deleted with the floor; skip any that survived.
+            if st.dedup.is_live(minute) {
+                format::decode_dedup_block(v, |id| add_id(&mut st, minute, id)).map_err(bad)?;
             }
             Ok(true)
         })?;

@@ -17,7 +17,8 @@
 //!   than the applied index and not used by another filter;
 //! - counter, late tally: a valid key and a value of at most [`format::MAX_COUNT`];
 //! - filter counter: as a counter, and its filter is one of the snapshot's filters;
-//! - dedup: a valid key (1..=64 byte event id) and an empty value.
+//! - dedup id (first layout): a valid key (1..=64 byte event id) and an empty value;
+//! - dedup block: a valid key and a block of 1..=64 byte ids (see `format::DedupBlock`).
 //!
 //! Anything else (the install marker included) is refused.
 
@@ -103,12 +104,16 @@ impl<'h> RecordCheck<'h> {
                 format::parse_late_key(keys, &key)?;
                 format::decode_count(value)?;
             }
-            [tag::DEDUP, ..] => {
-                let (_, id) = format::parse_dedup_key(keys, &key)?;
+            [tag::DEDUP_IDS, ..] => {
+                let (_, id) = format::parse_dedup_id_key(keys, &key)?;
                 EventId::new(id.to_vec()).map_err(|e| Malformed(format!("dedup id: {e}")))?;
                 if !value.is_empty() {
                     return bad(format!("dedup value of {} bytes", value.len()));
                 }
+            }
+            [tag::DEDUP, ..] => {
+                format::parse_dedup_block_key(keys, &key)?;
+                format::decode_dedup_block(value, |_| ())?;
             }
             _ => return bad(format!("record key {suffix:02x?} is not a state key")),
         }
