@@ -523,6 +523,44 @@ fn ids_stored_one_key_each_by_older_versions_still_deduplicate_and_expire() {
 }
 
 #[test]
+fn wait_applied_returns_once_queries_see_the_index() {
+    let mut g = Group::new();
+    g.ingest(T0, vec![click("a", "ad1", T0)]);
+    let reader = g.sm().reader();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("runtime");
+    let short = std::time::Duration::from_millis(20);
+    assert_eq!(rt.block_on(reader.wait_applied(1, short)).ok(), Some(true));
+    assert_eq!(rt.block_on(reader.wait_applied(2, short)).ok(), Some(false));
+    let waiter = {
+        let reader = reader.clone();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+                .expect("runtime");
+            let reached = rt.block_on(reader.wait_applied(2, std::time::Duration::from_secs(20)));
+            // What the waiter is released to read must already include entry 2.
+            let count = reader.count(&ad("ad1"), all_time(), None).expect("count");
+            (reached.ok(), count.applied_index, count.count)
+        })
+    };
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    g.ingest(T0, vec![click("b", "ad1", T0)]);
+    assert_eq!(waiter.join().expect("waiter"), (Some(true), Some(2), 2));
+    drop(reader);
+    g.reopen();
+    let reader = g.sm().reader();
+    assert_eq!(
+        rt.block_on(reader.wait_applied(2, short)).ok(),
+        Some(true),
+        "a reopened group publishes its applied index"
+    );
+}
+
+#[test]
 fn applying_through_openraft_tracks_applied_id_and_membership() {
     let mut g = Group::new();
     let rt = tokio::runtime::Builder::new_current_thread()

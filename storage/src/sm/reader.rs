@@ -15,6 +15,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::time::Duration;
 
 use adclick_proto::model::{AdCount, AdId, Minute, MinuteRange};
 use rocksdb::ReadOptions;
@@ -293,6 +294,24 @@ impl SmReader {
     /// Last applied log id.
     pub fn applied(&self) -> Result<Option<LogId>> {
         Ok(self.shared.read_live()?.applied)
+    }
+
+    /// Waits until queries on this reader see log index `index` applied; `Ok(false)` if
+    /// that did not happen within `timeout`.
+    ///
+    /// For linearizable reads: openraft's applied index (its metrics) moves only when a
+    /// whole `apply` call returns, which can span many entries and several commits, and
+    /// then only after its core task has handled the notification. This one moves as
+    /// soon as the commit holding `index` is visible to queries.
+    pub async fn wait_applied(&self, index: u64, timeout: Duration) -> Result<bool> {
+        let mut rx = self.shared.applied_tx.subscribe();
+        let reached = rx.wait_for(|a| a.is_some_and(|a| a >= index));
+        let outcome = match tokio::time::timeout(timeout, reached).await {
+            Ok(Ok(_)) => Ok(true),
+            Ok(Err(_)) => Err(Error::Closed),
+            Err(_) => Ok(false),
+        };
+        outcome
     }
 
     /// The watermark, ms since the epoch (None until a click is counted).

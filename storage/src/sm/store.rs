@@ -96,6 +96,10 @@ pub(crate) struct Shared {
     /// build while it takes its RocksDB snapshot: a build never reads a half-installed
     /// state (it would have to fail, and openraft treats a failed build as fatal).
     pub(crate) install_lock: Mutex<()>,
+    /// The view's applied index, published after each commit's view update (and on
+    /// reload), so a linearizable read can wait for exactly the commit holding its read
+    /// index (see [`super::SmReader::wait_applied`]).
+    pub(crate) applied_tx: tokio::sync::watch::Sender<Option<u64>>,
 }
 
 impl Shared {
@@ -214,6 +218,7 @@ impl StateMachine {
             snapshot_dir,
             snapshot_lock: Mutex::new(()),
             install_lock: Mutex::new(()),
+            applied_tx: tokio::sync::watch::Sender::new(None),
         });
         let mut sm = StateMachine {
             shared,
@@ -420,6 +425,7 @@ impl StateMachine {
             live.clock = st.clock;
             live.late_overlay = Some(late);
         }
+        shared.applied_tx.send_replace(st.applied.map(|l| l.index));
         // Counters of a filter dropped in this batch are not written (its range delete
         // is already in the batch).
         let dropped: Vec<u64> = p
@@ -503,7 +509,9 @@ impl StateMachine {
     fn reload(&mut self) -> Result<()> {
         let (state, live) = self.load()?;
         self.state = state;
+        let applied = live.applied.map(|l| l.index);
         *self.shared.write_live()? = live;
+        self.shared.applied_tx.send_replace(applied);
         Ok(())
     }
 
