@@ -21,7 +21,7 @@ use std::borrow::Borrow;
 use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
 
-use adclick_proto::model::{AdId, Click, Minute, Outcome, RejectReason};
+use adclick_proto::model::{AdId, Click, Minute, Outcome, RejectReason, MAX_AD_ID_LEN};
 
 use super::dedup::DedupIndex;
 use super::filters::{self, ActiveFilter};
@@ -49,21 +49,57 @@ impl Delta {
     }
 }
 
-/// An ad id as a map key that can be looked up by its bytes, so that finding an ad that is
-/// already pending costs no clone of the click's id (`AdId` has no `Borrow<[u8]>`).
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub struct AdKey(pub AdId);
+/// An ad id's bytes held inline (ad ids are at most [`MAX_AD_ID_LEN`] bytes), as the key
+/// of pending deltas: recording an ad costs no allocation and no reference count on the
+/// click's buffer. Hashes and compares as its bytes, so it is found by a `&[u8]`.
+#[derive(Clone, Copy)]
+pub struct AdBytes {
+    len: u8,
+    buf: [u8; MAX_AD_ID_LEN],
+}
 
-impl Borrow<[u8]> for AdKey {
-    fn borrow(&self) -> &[u8] {
-        self.0.as_bytes()
+impl AdBytes {
+    /// The bytes of `ad`.
+    pub fn new(ad: &AdId) -> Self {
+        let b = ad.as_bytes();
+        let mut buf = [0; MAX_AD_ID_LEN];
+        buf[..b.len()].copy_from_slice(b);
+        AdBytes {
+            len: b.len() as u8,
+            buf,
+        }
+    }
+
+    /// The ad id's bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.buf[..usize::from(self.len)]
     }
 }
 
-impl Hash for AdKey {
+impl Borrow<[u8]> for AdBytes {
+    fn borrow(&self) -> &[u8] {
+        self.as_bytes()
+    }
+}
+
+impl Hash for AdBytes {
     fn hash<H: Hasher>(&self, state: &mut H) {
         // Exactly like the borrowed `[u8]` (the `Borrow` contract).
-        self.0.as_bytes().hash(state);
+        self.as_bytes().hash(state);
+    }
+}
+
+impl PartialEq for AdBytes {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+
+impl Eq for AdBytes {}
+
+impl std::fmt::Debug for AdBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&String::from_utf8_lossy(self.as_bytes()))
     }
 }
 
@@ -137,7 +173,7 @@ pub enum RegistryOp {
 pub struct Pending {
     /// Accepted clicks per minute and ad: one entry per counter key the commit writes,
     /// however many clicks it took.
-    pub counts: BTreeMap<Minute, FastMap<AdKey, Delta>>,
+    pub counts: BTreeMap<Minute, FastMap<AdBytes, Delta>>,
     /// Late clicks per (ad, minute).
     pub late: FastMap<(AdId, Minute), u64>,
     /// Ids that entered the dedup index, with their minute.
@@ -246,7 +282,7 @@ impl ApplyState {
         let per_ad = p.counts.entry(minute).or_default();
         let delta = match per_ad.get_mut(c.ad_id.as_bytes()) {
             Some(d) => d,
-            None => per_ad.entry(AdKey(c.ad_id.clone())).or_default(),
+            None => per_ad.entry(AdBytes::new(&c.ad_id)).or_default(),
         };
         delta.all += 1;
         for f in self.filters.iter().filter(|f| f.matches(c)) {
@@ -510,6 +546,39 @@ mod tests {
         assert_eq!(parts.len(), 3, "{parts:?}");
         assert!(parts.iter().all(|(_, len)| *len <= DedupBlock::MAX_LEN));
         assert_eq!(big.len(), n);
+    }
+
+    #[test]
+    fn clicks_of_one_ad_and_minute_share_one_pending_delta() {
+        let (mut s, mut p) = (ApplyState::default(), Pending::default());
+        let at = 100 * MIN;
+        let clicks = vec![
+            click("a", "x", at),
+            click("b", "x", at + 1),
+            click("c", "x2", at),
+            click("d", "x", at - MIN),
+        ];
+        ingest(&mut s, &mut p, at, clicks);
+        let per_ad: Vec<(Minute, String, u64)> = p
+            .counts
+            .iter()
+            .flat_map(|(m, ads)| {
+                ads.iter()
+                    .map(|(ad, d)| (*m, format!("{ad:?}"), d.all))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let mut per_ad = per_ad;
+        per_ad.sort();
+        assert_eq!(
+            per_ad,
+            [
+                (Minute(99), "x".into(), 1),
+                (Minute(100), "x".into(), 2),
+                (Minute(100), "x2".into(), 1)
+            ]
+        );
+        assert!(p.counts[&Minute(100)].contains_key(b"x".as_slice()));
     }
 
     #[test]

@@ -31,22 +31,43 @@ use crate::types::{GroupSettings, LogId, StoredMembership};
 struct AdTable {
     ids: Vec<Option<AdId>>,
     refs: Vec<u32>,
-    index: FastMap<AdId, u32>,
+    index: FastMap<AdKey, u32>,
     free: Vec<u32>,
+}
+
+/// An interned ad id as the intern table's key: found by its bytes (`AdId` has no
+/// `Borrow<[u8]>`), so interning what a commit counted needs no `AdId` in hand.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct AdKey(AdId);
+
+impl std::borrow::Borrow<[u8]> for AdKey {
+    fn borrow(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+}
+
+impl std::hash::Hash for AdKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        // Exactly like the borrowed `[u8]` (the `Borrow` contract).
+        self.0.as_bytes().hash(state);
+    }
 }
 
 impl AdTable {
     fn lookup(&self, ad: &AdId) -> Option<u32> {
-        self.index.get(ad).copied()
+        self.index.get(ad.as_bytes()).copied()
     }
 
-    fn intern(&mut self, ad: &AdId) -> u32 {
+    /// The ref of the ad whose id is `ad` (the bytes of a valid `AdId`), interned if new.
+    fn intern(&mut self, ad: &[u8]) -> u32 {
         if let Some(r) = self.index.get(ad) {
             return *r;
         }
         // Copy the bytes: the caller's id may point into a whole decoded log entry.
-        let own = AdId::from_bytes(bytes::Bytes::copy_from_slice(ad.as_bytes()))
-            .unwrap_or_else(|_| ad.clone());
+        let own = match AdId::from_bytes(bytes::Bytes::copy_from_slice(ad)) {
+            Ok(own) => own,
+            Err(e) => panic!("counted an invalid ad id {ad:02x?}: {e}"),
+        };
         let r = match self.free.pop() {
             Some(r) => {
                 self.ids[r as usize] = Some(own.clone());
@@ -62,7 +83,7 @@ impl AdTable {
                 (self.ids.len() - 1) as u32
             }
         };
-        self.index.insert(own, r);
+        self.index.insert(AdKey(own), r);
         r
     }
 
@@ -83,7 +104,7 @@ impl AdTable {
         *refs -= 1;
         if *refs == 0 {
             if let Some(ad) = self.ids[r as usize].take() {
-                self.index.remove(&ad);
+                self.index.remove(ad.as_bytes());
             }
             self.free.push(r);
         }
@@ -173,7 +194,7 @@ impl Counters {
     /// Adds `n` clicks of `ad` in `minute` to `slot`; returns the new absolute value.
     /// `All` must be added before any filter slot of the same (minute, ad).
     pub fn add(&mut self, slot: Slot, minute: Minute, ad: &AdId, n: u64) -> u64 {
-        let r = self.ads.intern(ad);
+        let r = self.ads.intern(ad.as_bytes());
         let tally = minute_slots(&mut self.minutes, minute)
             .entry(slot)
             .or_default();
@@ -184,14 +205,14 @@ impl Counters {
         new
     }
 
-    /// Adds one commit's accepted clicks of `minute`, given per ad as `(ad, all, [(filter
-    /// id, n)])`: `all` to the `All` slot and each `n` to its filter's slot. Each ad is
-    /// interned once and each slot's tally found once per ad, whatever the number of
-    /// filters. Calls `out(ad, slot, new value)` for every counter it changes.
+    /// Adds one commit's accepted clicks of `minute`, given per ad as `(ad id bytes, all,
+    /// [(filter id, n)])`: `all` to the `All` slot and each `n` to its filter's slot. Each
+    /// ad is interned once, whatever the number of filters. Calls `out(ad, slot, new
+    /// value)` for every counter it changes. The ad ids must be valid `AdId` bytes.
     pub fn add_minute<'a, I, F>(&mut self, minute: Minute, deltas: I, mut out: F)
     where
-        I: IntoIterator<Item = (&'a AdId, u64, &'a [(u64, u64)])>,
-        F: FnMut(&'a AdId, Slot, u64),
+        I: IntoIterator<Item = (&'a [u8], u64, &'a [(u64, u64)])>,
+        F: FnMut(&'a [u8], Slot, u64),
     {
         let slots = minute_slots(&mut self.minutes, minute);
         let mut filtered = Vec::new();

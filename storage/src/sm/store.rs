@@ -18,7 +18,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use adclick_proto::model::{AdId, Minute};
+use adclick_proto::model::Minute;
 use openraft::EntryPayload;
 use rocksdb::{
     ColumnFamily, ColumnFamilyDescriptor, Options, ReadOptions, WriteBatch, WriteOptions, DB,
@@ -381,7 +381,7 @@ impl StateMachine {
         // Phase 2, write lock: publish the new state in memory, noting the counters' new
         // absolute values. Only the in-memory updates happen under the lock; their keys
         // are built and put into the batch after it is released.
-        let mut counted: Vec<(Slot, Minute, &AdId, u64)> = Vec::with_capacity(
+        let mut counted: Vec<(Slot, Minute, &[u8], u64)> = Vec::with_capacity(
             p.counts
                 .values()
                 .map(|m| m.len())
@@ -400,7 +400,7 @@ impl StateMachine {
                     minute,
                     per_ad
                         .iter()
-                        .map(|(ad, d)| (&ad.0, d.all, d.filters.as_slice())),
+                        .map(|(ad, d)| (ad.as_bytes(), d.all, d.filters.as_slice())),
                     |ad, slot, v| counted.push((slot, minute, ad, v)),
                 );
             }
@@ -442,7 +442,7 @@ impl StateMachine {
             if matches!(slot, Slot::Filter(id) if dropped.contains(&id)) {
                 continue;
             }
-            keys.slot_count_into(&mut key, slot, minute, ad.as_bytes());
+            keys.slot_count_into(&mut key, slot, minute, ad);
             batch.put_cf(cf, &key, format::encode_u64(v));
         }
         for ((minute, index, part), block) in p.dedup.blocks() {
