@@ -311,9 +311,15 @@ impl Keys {
     /// A snapshot key (without group prefix) re-homed into this group.
     pub fn rehome(&self, suffix: &[u8]) -> Vec<u8> {
         let mut k = Vec::with_capacity(GROUP_PREFIX_LEN + suffix.len());
-        k.extend_from_slice(&self.group);
-        k.extend_from_slice(suffix);
+        self.rehome_into(&mut k, suffix);
         k
+    }
+
+    /// [`Keys::rehome`] written into `buf` (cleared first), for loops over many records.
+    pub fn rehome_into(&self, buf: &mut Vec<u8>, suffix: &[u8]) {
+        buf.clear();
+        buf.extend_from_slice(&self.group);
+        buf.extend_from_slice(suffix);
     }
 }
 

@@ -702,8 +702,10 @@ impl StateMachine {
         db.write_opt(batch, &write_options())?;
         let mut r = SnapshotReader::new(SnapshotFile::open(path)?)?;
         let mut batch = WriteBatch::default();
+        let mut full = Vec::new();
         while let Some((key, value)) = r.next_record()? {
-            batch.put_cf(cf, keys.rehome(&key), value);
+            keys.rehome_into(&mut full, &key);
+            batch.put_cf(cf, &full, value);
             if batch.len() >= self.opts.install_batch_records {
                 db.write_opt(std::mem::take(&mut batch), &write_options())?;
             }
