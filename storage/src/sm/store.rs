@@ -384,9 +384,9 @@ impl StateMachine {
         let mut counted: Vec<(Slot, Minute, &[u8], u64)> = Vec::with_capacity(
             p.counts
                 .values()
-                .map(|m| m.len())
-                .sum::<usize>()
-                .saturating_mul(1 + st.filters.len()),
+                .flat_map(|m| m.values())
+                .map(|d| 1 + d.filters.len())
+                .sum(),
         );
         {
             let mut live = shared.write_live()?;
