@@ -9,7 +9,7 @@ use std::io;
 use std::path::Path;
 
 use adclick_proto::model::{AdId, Click, Minute, MinuteRange, Outcome, RejectReason};
-use adclick_storage::sm::format::{meta, Keys};
+use adclick_storage::sm::format::{self, meta, Keys};
 use adclick_storage::sm::{
     open_db, IncomingSnapshot, SmOptions, SnapshotFile, StateMachine, MAX_TOP_N,
 };
@@ -479,6 +479,84 @@ fn reopening_rebuilds_the_same_state_and_keeps_deduplicating() {
     assert_eq!(
         g.ingest(T0 + 12 * MIN, vec![click("a11", "ad1", T0 + 11 * MIN)]),
         [Outcome::Duplicate]
+    );
+}
+
+#[test]
+fn ids_stored_one_key_each_by_older_versions_still_deduplicate_and_expire() {
+    let mut g = Group::new();
+    g.ingest(T0, vec![click("new", "ad1", T0)]);
+    g.sm = None;
+    // What a version before dedup blocks left behind: one key per id.
+    let keys = Keys::new(GROUP);
+    let legacy = keys.dedup_id(Minute::of_ms(T0), b"old");
+    {
+        let db = open_db(&g.dir.path().join("db")).expect("open db");
+        let cf = db.cf_handle(format::CF_NAME).expect("cf");
+        db.put_cf(cf, &legacy, []).expect("put");
+    }
+    g.reopen();
+    assert_eq!(
+        g.ingest(T0, vec![click("old", "ad1", T0), click("new", "ad1", T0)]),
+        [Outcome::Duplicate, Outcome::Duplicate]
+    );
+    // The watermark passes the minute: both layouts' ids expire from disk as well.
+    g.ingest(T0 + 7 * MIN, vec![click("next", "ad1", T0 + 7 * MIN)]);
+    g.sm = None;
+    {
+        let db = open_db(&g.dir.path().join("db")).expect("open db");
+        let cf = db.cf_handle(format::CF_NAME).expect("cf");
+        assert_eq!(db.get_cf(cf, &legacy).expect("get"), None);
+        for t in [format::tag::DEDUP_IDS, format::tag::DEDUP] {
+            let (a, b) = keys.dedup_all(t);
+            let mut it = db.raw_iterator_cf(cf);
+            it.seek(&a);
+            let first = it.key().filter(|k| *k < b.as_slice()).map(|k| k.to_vec());
+            let only_newest = first.is_none_or(|k| {
+                t == format::tag::DEDUP
+                    && format::parse_dedup_block_key(&keys, &k).map(|(m, _, _)| m)
+                        == Ok(Minute::of_ms(T0 + 7 * MIN))
+            });
+            assert!(only_newest, "tag {t:#x}: an expired dedup key survived");
+        }
+    }
+}
+
+#[test]
+fn wait_applied_returns_once_queries_see_the_index() {
+    let mut g = Group::new();
+    g.ingest(T0, vec![click("a", "ad1", T0)]);
+    let reader = g.sm().reader();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("runtime");
+    let short = std::time::Duration::from_millis(20);
+    assert_eq!(rt.block_on(reader.wait_applied(1, short)).ok(), Some(true));
+    assert_eq!(rt.block_on(reader.wait_applied(2, short)).ok(), Some(false));
+    let waiter = {
+        let reader = reader.clone();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+                .expect("runtime");
+            let reached = rt.block_on(reader.wait_applied(2, std::time::Duration::from_secs(20)));
+            // What the waiter is released to read must already include entry 2.
+            let count = reader.count(&ad("ad1"), all_time(), None).expect("count");
+            (reached.ok(), count.applied_index, count.count)
+        })
+    };
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    g.ingest(T0, vec![click("b", "ad1", T0)]);
+    assert_eq!(waiter.join().expect("waiter"), (Some(true), Some(2), 2));
+    drop(reader);
+    g.reopen();
+    let reader = g.sm().reader();
+    assert_eq!(
+        rt.block_on(reader.wait_applied(2, short)).ok(),
+        Some(true),
+        "a reopened group publishes its applied index"
     );
 }
 

@@ -17,13 +17,16 @@
 //!    enters the dedup index, and `W = max(W, max counted event time - allowed_lateness)`.
 //!    When W's minute rises, ids of the minutes below it expire.
 
-use std::collections::HashMap;
+use std::borrow::Borrow;
+use std::collections::BTreeMap;
+use std::hash::{Hash, Hasher};
 
-use adclick_proto::model::{AdId, Click, Minute, Outcome, RejectReason};
+use adclick_proto::model::{AdId, Click, Minute, Outcome, RejectReason, MAX_AD_ID_LEN};
 
 use super::dedup::DedupIndex;
 use super::filters::{self, ActiveFilter};
-use super::format::{EventClock, FilterRecord};
+use super::format::{DedupBlock, EventClock, FilterRecord};
+use super::hash::FastMap;
 use crate::types::{
     Command, CommandResponse, FilterDef, GroupSettings, IngestBatch, LogId, StoredMembership,
 };
@@ -43,6 +46,106 @@ impl Delta {
             Some((_, n)) => *n += 1,
             None => self.filters.push((id, 1)),
         }
+    }
+}
+
+/// An ad id's bytes held inline (ad ids are at most [`MAX_AD_ID_LEN`] bytes), as the key
+/// of pending deltas: recording an ad costs no allocation and no reference count on the
+/// click's buffer. Hashes and compares as its bytes, so it is found by a `&[u8]`.
+#[derive(Clone, Copy)]
+pub struct AdBytes {
+    len: u8,
+    buf: [u8; MAX_AD_ID_LEN],
+}
+
+impl AdBytes {
+    /// The bytes of `ad`.
+    pub fn new(ad: &AdId) -> Self {
+        let b = ad.as_bytes();
+        let mut buf = [0; MAX_AD_ID_LEN];
+        buf[..b.len()].copy_from_slice(b);
+        AdBytes {
+            len: b.len() as u8,
+            buf,
+        }
+    }
+
+    /// The ad id's bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.buf[..usize::from(self.len)]
+    }
+}
+
+impl Borrow<[u8]> for AdBytes {
+    fn borrow(&self) -> &[u8] {
+        self.as_bytes()
+    }
+}
+
+impl Hash for AdBytes {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        // Exactly like the borrowed `[u8]` (the `Borrow` contract).
+        self.as_bytes().hash(state);
+    }
+}
+
+impl PartialEq for AdBytes {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+
+impl Eq for AdBytes {}
+
+impl std::fmt::Debug for AdBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&String::from_utf8_lossy(self.as_bytes()))
+    }
+}
+
+/// Ids that entered the dedup index, as the blocks they are stored in: per entry and
+/// minute, the ids in apply order (split into parts at [`DedupBlock::MAX_LEN`]). Blocks
+/// depend only on the entries, never on how entries were grouped into commits, so
+/// replicas that commit differently still store the same bytes.
+#[derive(Debug, Default)]
+pub struct DedupLog {
+    /// By `(minute, log index, part)`: the RocksDB keys' order.
+    blocks: BTreeMap<(Minute, u64, u32), DedupBlock>,
+    ids: usize,
+}
+
+impl DedupLog {
+    /// Records `id`, counted in `minute` by the entry at `index`.
+    pub fn push(&mut self, index: u64, minute: Minute, id: &[u8]) {
+        let last = self
+            .blocks
+            .range_mut((minute, index, 0)..=(minute, index, u32::MAX))
+            .next_back();
+        match last {
+            Some((_, block)) if block.fits(id) => block.push(id),
+            last => {
+                let part = last.map_or(0, |((_, _, part), _)| part + 1);
+                let mut block = DedupBlock::new();
+                block.push(id);
+                self.blocks.insert((minute, index, part), block);
+            }
+        }
+        self.ids += 1;
+    }
+
+    /// The blocks, in key order: `(minute, log index, part)` and the encoded value.
+    pub fn blocks(&self) -> impl Iterator<Item = ((Minute, u64, u32), &[u8])> + '_ {
+        self.blocks.iter().map(|(k, b)| (*k, b.as_bytes()))
+    }
+
+    /// How many ids were recorded.
+    pub fn len(&self) -> usize {
+        self.ids
+    }
+
+    /// Whether no id was recorded.
+    pub fn is_empty(&self) -> bool {
+        self.ids == 0
     }
 }
 
@@ -68,12 +171,13 @@ pub enum RegistryOp {
 /// The effects of applying some entries, not yet written.
 #[derive(Debug, Default)]
 pub struct Pending {
-    /// Accepted clicks per (minute, ad).
-    pub counts: HashMap<(Minute, AdId), Delta>,
+    /// Accepted clicks per minute and ad: one entry per counter key the commit writes,
+    /// however many clicks it took.
+    pub counts: BTreeMap<Minute, FastMap<AdBytes, Delta>>,
     /// Late clicks per (ad, minute).
-    pub late: HashMap<(AdId, Minute), u64>,
+    pub late: FastMap<(AdId, Minute), u64>,
     /// Ids that entered the dedup index, with their minute.
-    pub dedup: Vec<(Minute, bytes::Bytes)>,
+    pub dedup: DedupLog,
     /// The dedup floor rose to this: every id of an older minute expires. Written after
     /// `dedup`, which gives the same result as interleaving (the floor only rises).
     pub dedup_floor: Option<Minute>,
@@ -140,23 +244,23 @@ impl ApplyState {
     /// Applies a command at `index` (the entry's log index); the caller advanced `applied`.
     pub fn apply(&mut self, index: u64, cmd: &Command, p: &mut Pending) -> CommandResponse {
         match cmd {
-            Command::Ingest(batch) => CommandResponse::Ingest(self.ingest(batch, p)),
+            Command::Ingest(batch) => CommandResponse::Ingest(self.ingest(index, batch, p)),
             Command::Configure(s) => self.configure(*s, p),
             Command::CreateFilter(def) => self.create_filter(index, def, p),
             Command::DropFilter { name } => self.drop_filter(name, p),
         }
     }
 
-    fn ingest(&mut self, batch: &IngestBatch, p: &mut Pending) -> Vec<Outcome> {
+    fn ingest(&mut self, index: u64, batch: &IngestBatch, p: &mut Pending) -> Vec<Outcome> {
         p.clicks += batch.clicks.len();
         batch
             .clicks
             .iter()
-            .map(|c| self.click(c, batch.proposed_at_ms, p))
+            .map(|c| self.click(index, c, batch.proposed_at_ms, p))
             .collect()
     }
 
-    fn click(&mut self, c: &Click, proposed_at_ms: i64, p: &mut Pending) -> Outcome {
+    fn click(&mut self, index: u64, c: &Click, proposed_at_ms: i64, p: &mut Pending) -> Outcome {
         if c.validate().is_err() {
             return Outcome::Rejected(RejectReason::Invalid);
         }
@@ -174,8 +278,12 @@ impl ApplyState {
             return Outcome::Late;
         }
         self.dedup.insert(id, minute);
-        p.dedup.push((minute, c.event_id.to_bytes()));
-        let delta = p.counts.entry((minute, c.ad_id.clone())).or_default();
+        p.dedup.push(index, minute, id);
+        let per_ad = p.counts.entry(minute).or_default();
+        let delta = match per_ad.get_mut(c.ad_id.as_bytes()) {
+            Some(d) => d,
+            None => per_ad.entry(AdBytes::new(&c.ad_id)).or_default(),
+        };
         delta.all += 1;
         for f in self.filters.iter().filter(|f| f.matches(c)) {
             delta.add_filter(f.id);
@@ -326,7 +434,14 @@ mod tests {
             vec![click("a", "x", at), click("a", "x", at - 2 * MIN)],
         );
         assert_eq!(out, [Outcome::Accepted, Outcome::Duplicate]);
-        assert_eq!(p.counts.values().map(|d| d.all).sum::<u64>(), 1);
+        assert_eq!(
+            p.counts
+                .values()
+                .flat_map(|m| m.values())
+                .map(|d| d.all)
+                .sum::<u64>(),
+            1
+        );
     }
 
     #[test]
@@ -397,6 +512,73 @@ mod tests {
             Some(at),
             "smaller lateness applies at once"
         );
+    }
+
+    #[test]
+    fn an_entrys_ids_are_one_block_per_minute_split_only_when_full() {
+        let mut log = DedupLog::default();
+        log.push(7, Minute(2), b"a");
+        log.push(7, Minute(1), b"b");
+        log.push(7, Minute(2), b"c");
+        log.push(8, Minute(1), b"d");
+        let keys: Vec<_> = log.blocks().map(|(k, _)| k).collect();
+        assert_eq!(
+            keys,
+            [(Minute(1), 7, 0), (Minute(1), 8, 0), (Minute(2), 7, 0)]
+        );
+        let mut ids = Vec::new();
+        let (_, third) = log.blocks().nth(2).expect("block");
+        crate::sm::format::decode_dedup_block(third, |id| ids.push(id.to_vec()))
+            .expect("valid block");
+        assert_eq!(ids, [b"a".to_vec(), b"c".to_vec()], "apply order kept");
+
+        let mut big = DedupLog::default();
+        let n = 2 * DedupBlock::MAX_LEN / 65 + 1;
+        for i in 0..n {
+            let mut id = [0u8; 64];
+            id[..8].copy_from_slice(&(i as u64).to_be_bytes());
+            big.push(3, Minute(0), &id);
+        }
+        let parts: Vec<_> = big
+            .blocks()
+            .map(|((_, _, part), v)| (part, v.len()))
+            .collect();
+        assert_eq!(parts.len(), 3, "{parts:?}");
+        assert!(parts.iter().all(|(_, len)| *len <= DedupBlock::MAX_LEN));
+        assert_eq!(big.len(), n);
+    }
+
+    #[test]
+    fn clicks_of_one_ad_and_minute_share_one_pending_delta() {
+        let (mut s, mut p) = (ApplyState::default(), Pending::default());
+        let at = 100 * MIN;
+        let clicks = vec![
+            click("a", "x", at),
+            click("b", "x", at + 1),
+            click("c", "x2", at),
+            click("d", "x", at - MIN),
+        ];
+        ingest(&mut s, &mut p, at, clicks);
+        let per_ad: Vec<(Minute, String, u64)> = p
+            .counts
+            .iter()
+            .flat_map(|(m, ads)| {
+                ads.iter()
+                    .map(|(ad, d)| (*m, format!("{ad:?}"), d.all))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let mut per_ad = per_ad;
+        per_ad.sort();
+        assert_eq!(
+            per_ad,
+            [
+                (Minute(99), "x".into(), 1),
+                (Minute(100), "x".into(), 2),
+                (Minute(100), "x2".into(), 1)
+            ]
+        );
+        assert!(p.counts[&Minute(100)].contains_key(b"x".as_slice()));
     }
 
     #[test]

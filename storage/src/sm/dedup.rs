@@ -12,10 +12,77 @@
 //! their memory is reclaimed by one `retain` pass once they make up half of the map, which
 //! amortises to O(1) per insert and never walks the map on the hot path. RocksDB holds the
 //! same ids (range-deleted at expiry), and the index is rebuilt from it on open.
+//!
+//! Ids of up to [`INLINE_ID_LEN`] bytes (UUIDs, binary or text) are stored inside the map's
+//! slots: no allocation and no free per click. Longer ones are boxed.
 
-use std::collections::{BTreeMap, HashMap};
+use std::borrow::Borrow;
+use std::collections::BTreeMap;
+use std::hash::{Hash, Hasher};
 
 use adclick_proto::model::Minute;
+
+use super::hash::FastMap;
+
+/// Longest id stored without an allocation: a UUID's text form (36 bytes) fits.
+pub const INLINE_ID_LEN: usize = 38;
+
+/// An event id as a dedup key: inline when short, boxed otherwise. Hashes and compares as
+/// its bytes, so the map can be searched with a `&[u8]`.
+#[derive(Clone)]
+enum IdKey {
+    Inline { len: u8, buf: [u8; INLINE_ID_LEN] },
+    Boxed(Box<[u8]>),
+}
+
+impl IdKey {
+    fn new(id: &[u8]) -> Self {
+        if id.len() <= INLINE_ID_LEN {
+            let mut buf = [0; INLINE_ID_LEN];
+            buf[..id.len()].copy_from_slice(id);
+            IdKey::Inline {
+                len: id.len() as u8,
+                buf,
+            }
+        } else {
+            IdKey::Boxed(id.into())
+        }
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            IdKey::Inline { len, buf } => &buf[..usize::from(*len)],
+            IdKey::Boxed(b) => b,
+        }
+    }
+}
+
+impl Borrow<[u8]> for IdKey {
+    fn borrow(&self) -> &[u8] {
+        self.as_slice()
+    }
+}
+
+impl Hash for IdKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        // Must hash exactly like the borrowed `[u8]` (the `Borrow` contract).
+        self.as_slice().hash(state);
+    }
+}
+
+impl PartialEq for IdKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_slice() == other.as_slice()
+    }
+}
+
+impl Eq for IdKey {}
+
+impl std::fmt::Debug for IdKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:02x?}", self.as_slice())
+    }
+}
 
 /// Reclaim expired entries only past this many, so small groups never pay for a pass.
 const MIN_STALE_TO_RECLAIM: usize = 1 << 16;
@@ -24,7 +91,7 @@ const MIN_STALE_TO_RECLAIM: usize = 1 << 16;
 #[derive(Debug, Default)]
 pub struct DedupIndex {
     /// id -> minute; entries below `floor` are expired but may still be present.
-    ids: HashMap<Box<[u8]>, Minute>,
+    ids: FastMap<IdKey, Minute>,
     /// Live entries per minute, to know how many expire when the floor rises.
     per_minute: BTreeMap<Minute, usize>,
     /// Minutes below this are expired.
@@ -56,7 +123,7 @@ impl DedupIndex {
             self.is_live(minute),
             "dedup insert into expired minute {minute:?}"
         );
-        if let Some(old) = self.ids.insert(id.into(), minute) {
+        if let Some(old) = self.ids.insert(IdKey::new(id), minute) {
             // Only an expired entry can be overwritten: a live one is a duplicate.
             assert!(
                 !self.is_live(old),
@@ -133,5 +200,21 @@ mod tests {
         d.raise_floor(Minute(1));
         assert_eq!(d.ids.len(), 1, "expired entries reclaimed");
         assert_eq!((d.len(), d.lookup(b"keep")), (1, Some(Minute(1))));
+    }
+
+    #[test]
+    fn short_and_long_ids_are_told_apart_by_their_bytes() {
+        let mut d = DedupIndex::new();
+        let long = [7u8; 64];
+        let edge = [9u8; INLINE_ID_LEN];
+        d.insert(&long, Minute(1));
+        d.insert(&edge, Minute(1));
+        d.insert(b"x", Minute(1));
+        assert_eq!(d.lookup(&long), Some(Minute(1)));
+        assert_eq!(d.lookup(&long[..63]), None);
+        assert_eq!(d.lookup(&edge), Some(Minute(1)));
+        assert_eq!(d.lookup(&edge[..INLINE_ID_LEN - 1]), None);
+        assert_eq!(d.lookup(b"x"), Some(Minute(1)));
+        assert_eq!(d.lookup(b"x\0"), None, "padding is not part of the id");
     }
 }

@@ -40,8 +40,13 @@ pub mod tag {
     pub const FILTER_COUNT: u8 = 0x03;
     /// Late tally: `ad len ‖ ad ‖ minute -> u64`.
     pub const LATE: u8 = 0x04;
-    /// Deduplication index: `minute ‖ event id -> ()`.
-    pub const DEDUP: u8 = 0x05;
+    /// Deduplication index, first layout: one key per id, `minute ‖ event id -> ()`.
+    /// Still read (open, snapshot install), no longer written: such ids expire with
+    /// their minute, a few minutes after an upgrade.
+    pub const DEDUP_IDS: u8 = 0x05;
+    /// Deduplication index: the ids one entry counted in one minute, as blocks:
+    /// `minute ‖ log index ‖ part:u32 -> dedup block` (see [`super::DedupBlock`]).
+    pub const DEDUP: u8 = 0x06;
     /// Upper bound of the group's key range (no key uses it).
     pub const END: u8 = 0xFF;
 }
@@ -111,6 +116,16 @@ pub fn minute_from(b: [u8; 8]) -> Minute {
     Minute((u64::from_be_bytes(b) ^ (1 << 63)) as i64)
 }
 
+/// Which counter family: all accepted clicks, or those matching one filter (by id).
+/// Decides between the [`tag::COUNT`] and [`tag::FILTER_COUNT`] keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Slot {
+    /// Every accepted click.
+    All,
+    /// Accepted clicks matching the filter with this id.
+    Filter(u64),
+}
+
 /// Builds every key of one group. Cheap to copy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Keys {
@@ -168,32 +183,53 @@ impl Keys {
 
     /// Counter of `(ad, minute)` over all clicks.
     pub fn count(&self, minute: Minute, ad: &[u8]) -> Vec<u8> {
-        let mut k = self.with_tag(tag::COUNT, 8 + ad.len());
-        k.extend_from_slice(&minute_bytes(minute));
-        k.extend_from_slice(ad);
+        self.slot_count(Slot::All, minute, ad)
+    }
+
+    /// Counter of `(ad, minute)` in `slot`: [`Keys::count`] or [`Keys::filter_count`].
+    pub fn slot_count(&self, slot: Slot, minute: Minute, ad: &[u8]) -> Vec<u8> {
+        let mut k = Vec::with_capacity(GROUP_PREFIX_LEN + 1 + 16 + ad.len());
+        self.slot_count_into(&mut k, slot, minute, ad);
         k
+    }
+
+    /// [`Keys::slot_count`] written into `buf` (cleared first), so a commit can reuse one
+    /// buffer for all its keys.
+    pub fn slot_count_into(&self, buf: &mut Vec<u8>, slot: Slot, minute: Minute, ad: &[u8]) {
+        buf.clear();
+        buf.extend_from_slice(&self.group);
+        match slot {
+            Slot::All => buf.push(tag::COUNT),
+            Slot::Filter(id) => {
+                buf.push(tag::FILTER_COUNT);
+                buf.extend_from_slice(&id.to_be_bytes());
+            }
+        }
+        buf.extend_from_slice(&minute_bytes(minute));
+        buf.extend_from_slice(ad);
+    }
+
+    /// Counters of every ad of `slot` in minutes `[from, to)`.
+    pub fn slot_count_range(&self, slot: Slot, from: Minute, to: Minute) -> (Vec<u8>, Vec<u8>) {
+        (
+            self.slot_count(slot, from, &[]),
+            self.slot_count(slot, to, &[]),
+        )
     }
 
     /// Counters of every ad in minutes `[from, to)` over all clicks.
     pub fn count_range(&self, from: Minute, to: Minute) -> (Vec<u8>, Vec<u8>) {
-        (self.count(from, &[]), self.count(to, &[]))
+        self.slot_count_range(Slot::All, from, to)
     }
 
     /// Counter of `(ad, minute)` restricted to filter `id`.
     pub fn filter_count(&self, id: u64, minute: Minute, ad: &[u8]) -> Vec<u8> {
-        let mut k = self.with_tag(tag::FILTER_COUNT, 16 + ad.len());
-        k.extend_from_slice(&id.to_be_bytes());
-        k.extend_from_slice(&minute_bytes(minute));
-        k.extend_from_slice(ad);
-        k
+        self.slot_count(Slot::Filter(id), minute, ad)
     }
 
     /// Counters of filter `id` over minutes `[from, to)`.
     pub fn filter_count_range(&self, id: u64, from: Minute, to: Minute) -> (Vec<u8>, Vec<u8>) {
-        (
-            self.filter_count(id, from, &[]),
-            self.filter_count(id, to, &[]),
-        )
+        self.slot_count_range(Slot::Filter(id), from, to)
     }
 
     /// Every counter of filter `id`.
@@ -225,25 +261,45 @@ impl Keys {
         (self.late(ad, from), self.late(ad, to))
     }
 
-    /// Dedup entry of `event_id`, kept under the minute its click counted in.
-    pub fn dedup(&self, minute: Minute, event_id: &[u8]) -> Vec<u8> {
-        let mut k = self.with_tag(tag::DEDUP, 8 + event_id.len());
+    /// Dedup key of the first layout ([`tag::DEDUP_IDS`]): `event_id` under the minute
+    /// its click counted in.
+    pub fn dedup_id(&self, minute: Minute, event_id: &[u8]) -> Vec<u8> {
+        let mut k = self.with_tag(tag::DEDUP_IDS, 8 + event_id.len());
         k.extend_from_slice(&minute_bytes(minute));
         k.extend_from_slice(event_id);
         k
     }
 
-    /// Every dedup entry of a minute older than `floor`.
-    pub fn dedup_below(&self, floor: Minute) -> (Vec<u8>, Vec<u8>) {
-        (self.with_tag(tag::DEDUP, 0), self.dedup(floor, &[]))
+    /// Part `part` of the dedup block of the ids entry `index` counted in `minute`.
+    pub fn dedup_block(&self, minute: Minute, index: u64, part: u32) -> Vec<u8> {
+        let mut k = Vec::with_capacity(GROUP_PREFIX_LEN + 1 + 20);
+        self.dedup_block_into(&mut k, minute, index, part);
+        k
     }
 
-    /// Every dedup entry.
-    pub fn dedup_all(&self) -> (Vec<u8>, Vec<u8>) {
-        (
-            self.with_tag(tag::DEDUP, 0),
-            self.with_tag(tag::DEDUP + 1, 0),
-        )
+    /// [`Keys::dedup_block`] written into `buf` (cleared first).
+    pub fn dedup_block_into(&self, buf: &mut Vec<u8>, minute: Minute, index: u64, part: u32) {
+        buf.clear();
+        buf.extend_from_slice(&self.group);
+        buf.push(tag::DEDUP);
+        buf.extend_from_slice(&minute_bytes(minute));
+        buf.extend_from_slice(&index.to_be_bytes());
+        buf.extend_from_slice(&part.to_be_bytes());
+    }
+
+    /// The dedup keys of minutes older than `floor`, both layouts: two ranges.
+    pub fn dedup_below(&self, floor: Minute) -> [(Vec<u8>, Vec<u8>); 2] {
+        let below = |t: u8| {
+            let mut end = self.with_tag(t, 8);
+            end.extend_from_slice(&minute_bytes(floor));
+            (self.with_tag(t, 0), end)
+        };
+        [below(tag::DEDUP_IDS), below(tag::DEDUP)]
+    }
+
+    /// Every dedup key of layout `tag` ([`tag::DEDUP_IDS`] or [`tag::DEDUP`]).
+    pub fn dedup_all(&self, tag: u8) -> (Vec<u8>, Vec<u8>) {
+        (self.with_tag(tag, 0), self.with_tag(tag + 1, 0))
     }
 
     /// The key without its group prefix (the form stored in snapshots), if it is one of
@@ -255,9 +311,15 @@ impl Keys {
     /// A snapshot key (without group prefix) re-homed into this group.
     pub fn rehome(&self, suffix: &[u8]) -> Vec<u8> {
         let mut k = Vec::with_capacity(GROUP_PREFIX_LEN + suffix.len());
-        k.extend_from_slice(&self.group);
-        k.extend_from_slice(suffix);
+        self.rehome_into(&mut k, suffix);
         k
+    }
+
+    /// [`Keys::rehome`] written into `buf` (cleared first), for loops over many records.
+    pub fn rehome_into(&self, buf: &mut Vec<u8>, suffix: &[u8]) {
+        buf.clear();
+        buf.extend_from_slice(&self.group);
+        buf.extend_from_slice(suffix);
     }
 }
 
@@ -310,6 +372,22 @@ pub fn parse_filter_count_key(keys: &Keys, key: &[u8]) -> DecodeResult<(u64, Min
     Ok((u64::from_be_bytes(fixed8(id)?), minute, ad))
 }
 
+/// Parses the key of a counter of `slot` (a `COUNT` or `FILTER_COUNT` key of that filter).
+pub fn parse_slot_count_key(keys: &Keys, slot: Slot, key: &[u8]) -> DecodeResult<(Minute, AdId)> {
+    match slot {
+        Slot::All => parse_count_key(keys, key),
+        Slot::Filter(want) => {
+            let (id, minute, ad) = parse_filter_count_key(keys, key)?;
+            if id != want {
+                return Err(Malformed::new(format!(
+                    "counter of filter {id} where filter {want} was read"
+                )));
+            }
+            Ok((minute, ad))
+        }
+    }
+}
+
 /// The minute of a `LATE` key (its last 8 bytes).
 pub fn late_key_minute(key: &[u8]) -> DecodeResult<Minute> {
     let at = key
@@ -340,17 +418,118 @@ pub fn parse_late_key(keys: &Keys, key: &[u8]) -> DecodeResult<(AdId, Minute)> {
     Ok((ad, minute_from(fixed8(m)?)))
 }
 
-/// Parses the key of a `DEDUP` entry: minute and event id bytes.
-pub fn parse_dedup_key<'k>(keys: &Keys, key: &'k [u8]) -> DecodeResult<(Minute, &'k [u8])> {
+/// Parses the key of a `DEDUP_IDS` entry (first layout): minute and event id bytes.
+pub fn parse_dedup_id_key<'k>(keys: &Keys, key: &'k [u8]) -> DecodeResult<(Minute, &'k [u8])> {
     let rest = keys
         .strip(key)
-        .and_then(|k| k.strip_prefix(&[tag::DEDUP]))
-        .ok_or_else(|| Malformed::new("not a dedup key"))?;
+        .and_then(|k| k.strip_prefix(&[tag::DEDUP_IDS]))
+        .ok_or_else(|| Malformed::new("not a dedup id key"))?;
     if rest.len() < 9 {
         return Err(Malformed::new("dedup key too short"));
     }
     let (m, id) = rest.split_at(8);
     Ok((minute_from(fixed8(m)?), id))
+}
+
+/// Parses the key of a `DEDUP` block: minute, log index and part.
+pub fn parse_dedup_block_key(keys: &Keys, key: &[u8]) -> DecodeResult<(Minute, u64, u32)> {
+    let rest = keys
+        .strip(key)
+        .and_then(|k| k.strip_prefix(&[tag::DEDUP]))
+        .ok_or_else(|| Malformed::new("not a dedup block key"))?;
+    if rest.len() != 20 {
+        return Err(Malformed::new(format!(
+            "dedup block key of {} bytes after the tag",
+            rest.len()
+        )));
+    }
+    let part = u32::from_be_bytes([rest[16], rest[17], rest[18], rest[19]]);
+    Ok((
+        minute_from(fixed8(&rest[..8])?),
+        u64::from_be_bytes(fixed8(&rest[8..16])?),
+        part,
+    ))
+}
+
+/// Longest event id (as `EventId` admits).
+const MAX_EVENT_ID_LEN: usize = 64;
+
+/// The value of a dedup block: `VALUE_VERSION ‖ (id_len:u8 ‖ id)+`, ids of 1–64 bytes in
+/// the order their clicks were accepted, at most [`DedupBlock::MAX_LEN`] bytes (a longer
+/// run of ids continues in the next part).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DedupBlock(Vec<u8>);
+
+impl DedupBlock {
+    /// Largest block value: far below the snapshot's 1 MiB value limit, and small enough
+    /// that RocksDB handles it like any other value.
+    pub const MAX_LEN: usize = 64 * 1024;
+
+    /// An empty block (not valid until an id is pushed).
+    pub fn new() -> Self {
+        let mut b = Vec::with_capacity(4096);
+        b.push(VALUE_VERSION);
+        DedupBlock(b)
+    }
+
+    /// Whether `id` fits without exceeding [`DedupBlock::MAX_LEN`].
+    pub fn fits(&self, id: &[u8]) -> bool {
+        self.0.len() + 1 + id.len() <= Self::MAX_LEN
+    }
+
+    /// Appends `id` (1–64 bytes: the caller validated the click).
+    pub fn push(&mut self, id: &[u8]) {
+        assert!(
+            (1..=MAX_EVENT_ID_LEN).contains(&id.len()),
+            "dedup id of {} bytes",
+            id.len()
+        );
+        self.0.push(id.len() as u8);
+        self.0.extend_from_slice(id);
+    }
+
+    /// The encoded value.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl Default for DedupBlock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Calls `f` with every id of the dedup block value `b`, after checking the whole value
+/// (version, at least one id, every id 1–64 bytes, no trailing byte).
+pub fn decode_dedup_block<'b>(b: &'b [u8], mut f: impl FnMut(&'b [u8])) -> DecodeResult<()> {
+    let (&version, mut rest) = b
+        .split_first()
+        .ok_or_else(|| Malformed::new("empty dedup block"))?;
+    if version != VALUE_VERSION {
+        return Err(Malformed::new(format!(
+            "dedup block version {version}, expected {VALUE_VERSION}"
+        )));
+    }
+    if rest.is_empty() {
+        return Err(Malformed::new("dedup block without ids"));
+    }
+    let mut ids = Vec::new();
+    while let Some((&len, tail)) = rest.split_first() {
+        let len = usize::from(len);
+        if len == 0 || len > MAX_EVENT_ID_LEN || len > tail.len() {
+            return Err(Malformed::new(format!(
+                "dedup block id of length {len} with {} bytes left",
+                tail.len()
+            )));
+        }
+        let (id, next) = tail.split_at(len);
+        ids.push(id);
+        rest = next;
+    }
+    // Only after the whole value checked out: a caller never sees half a bad block.
+    ids.into_iter().for_each(&mut f);
+    Ok(())
 }
 
 /// Parses the key of a `FILTER` entry: the filter name.
@@ -673,11 +852,82 @@ mod tests {
             k.count(Minute(-5), ad),
             k.filter_count(u64::MAX, Minute(5), ad),
             k.late(ad, Minute(i64::MAX)),
-            k.dedup(Minute(i64::MAX), &[0xFF; 64]),
+            k.dedup_id(Minute(i64::MAX), &[0xFF; 64]),
+            k.dedup_block(Minute(i64::MAX), u64::MAX, u32::MAX),
         ] {
             assert!(start <= key && key < end, "{key:?}");
             assert!(!(Keys::new(6).group_start() <= key && key < Keys::new(6).group_end()));
         }
+    }
+
+    #[test]
+    fn counter_and_dedup_keys_keep_their_bytes() {
+        // The on-disk layout of docs/state-format.md, pinned byte by byte.
+        let k = Keys::new(0x0102);
+        let g = [0, 0, 0, 0, 0, 0, 1, 2];
+        let m = [0x80, 0, 0, 0, 0, 0, 0, 5];
+        let cat = |parts: &[&[u8]]| parts.concat();
+        assert_eq!(k.count(Minute(5), b"ad"), cat(&[&g, &[0x02], &m, b"ad"]));
+        assert_eq!(
+            k.filter_count(9, Minute(5), b"ad"),
+            cat(&[&g, &[0x03], &9u64.to_be_bytes(), &m, b"ad"])
+        );
+        assert_eq!(
+            k.slot_count(Slot::Filter(9), Minute(5), b"ad"),
+            k.filter_count(9, Minute(5), b"ad")
+        );
+        assert_eq!(k.dedup_id(Minute(5), b"e1"), cat(&[&g, &[0x05], &m, b"e1"]));
+        assert_eq!(
+            k.dedup_block(Minute(5), 7, 1),
+            cat(&[&g, &[0x06], &m, &7u64.to_be_bytes(), &1u32.to_be_bytes()])
+        );
+        let mut buf = b"junk".to_vec();
+        k.dedup_block_into(&mut buf, Minute(5), 7, 1);
+        assert_eq!(buf, k.dedup_block(Minute(5), 7, 1));
+        assert_eq!(
+            parse_dedup_block_key(&k, &buf),
+            Ok((Minute(5), 7, 1)),
+            "round trip"
+        );
+        k.slot_count_into(&mut buf, Slot::All, Minute(5), b"ad");
+        assert_eq!(buf, k.count(Minute(5), b"ad"));
+        assert_eq!(
+            parse_slot_count_key(&k, Slot::Filter(9), &k.filter_count(9, Minute(5), b"ad")),
+            Ok((Minute(5), AdId::new("ad").expect("ad")))
+        );
+        assert!(
+            parse_slot_count_key(&k, Slot::Filter(8), &k.filter_count(9, Minute(5), b"ad"))
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn dedup_blocks_round_trip_and_refuse_damage() {
+        let mut b = DedupBlock::new();
+        b.push(b"e1");
+        b.push(&[7; 64]);
+        assert_eq!(b.as_bytes()[..4], [VALUE_VERSION, 2, b'e', b'1']);
+        let mut ids = Vec::new();
+        assert_eq!(decode_dedup_block(b.as_bytes(), |id| ids.push(id)), Ok(()));
+        assert_eq!(ids, [b"e1".as_slice(), &[7; 64]]);
+        for bad in [
+            vec![],
+            vec![VALUE_VERSION],
+            vec![2, 1, b'x'],
+            vec![VALUE_VERSION, 0],
+            vec![VALUE_VERSION, 3, b'a', b'b'],
+            [vec![VALUE_VERSION, 65], vec![1; 65]].concat(),
+        ] {
+            let mut seen = 0;
+            assert!(decode_dedup_block(&bad, |_| seen += 1).is_err(), "{bad:?}");
+            assert_eq!(seen, 0, "{bad:?}: ids of a refused block were passed on");
+        }
+        let mut full = DedupBlock::new();
+        while full.fits(&[1; 64]) {
+            full.push(&[1; 64]);
+        }
+        assert!(full.as_bytes().len() <= DedupBlock::MAX_LEN);
+        assert!(full.as_bytes().len() > DedupBlock::MAX_LEN - 65);
     }
 
     #[test]

@@ -16,21 +16,14 @@
 //! counter costs ~30 bytes instead of ~100.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
 
 use adclick_proto::model::{AdCount, AdId, Minute, MinuteRange};
 
+pub use super::format::Slot;
 use super::format::{EventClock, FilterRecord};
+use super::hash::{FastMap, FastSet};
 use crate::types::{GroupSettings, LogId, StoredMembership};
-
-/// Which counter family: all accepted clicks, or those matching one filter (by id).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Slot {
-    /// Every accepted click.
-    All,
-    /// Accepted clicks matching the filter with this id.
-    Filter(u64),
-}
 
 /// Interned ad ids, refcounted by the number of in-memory minutes whose `All` slot holds
 /// the ad (a filter slot only holds ads its `All` slot holds).
@@ -38,22 +31,43 @@ pub enum Slot {
 struct AdTable {
     ids: Vec<Option<AdId>>,
     refs: Vec<u32>,
-    index: HashMap<AdId, u32>,
+    index: FastMap<AdKey, u32>,
     free: Vec<u32>,
+}
+
+/// An interned ad id as the intern table's key: found by its bytes (`AdId` has no
+/// `Borrow<[u8]>`), so interning what a commit counted needs no `AdId` in hand.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct AdKey(AdId);
+
+impl std::borrow::Borrow<[u8]> for AdKey {
+    fn borrow(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+}
+
+impl std::hash::Hash for AdKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        // Exactly like the borrowed `[u8]` (the `Borrow` contract).
+        self.0.as_bytes().hash(state);
+    }
 }
 
 impl AdTable {
     fn lookup(&self, ad: &AdId) -> Option<u32> {
-        self.index.get(ad).copied()
+        self.index.get(ad.as_bytes()).copied()
     }
 
-    fn intern(&mut self, ad: &AdId) -> u32 {
+    /// The ref of the ad whose id is `ad` (the bytes of a valid `AdId`), interned if new.
+    fn intern(&mut self, ad: &[u8]) -> u32 {
         if let Some(r) = self.index.get(ad) {
             return *r;
         }
         // Copy the bytes: the caller's id may point into a whole decoded log entry.
-        let own = AdId::from_bytes(bytes::Bytes::copy_from_slice(ad.as_bytes()))
-            .unwrap_or_else(|_| ad.clone());
+        let own = match AdId::from_bytes(bytes::Bytes::copy_from_slice(ad)) {
+            Ok(own) => own,
+            Err(e) => panic!("counted an invalid ad id {ad:02x?}: {e}"),
+        };
         let r = match self.free.pop() {
             Some(r) => {
                 self.ids[r as usize] = Some(own.clone());
@@ -69,7 +83,7 @@ impl AdTable {
                 (self.ids.len() - 1) as u32
             }
         };
-        self.index.insert(own, r);
+        self.index.insert(AdKey(own), r);
         r
     }
 
@@ -90,7 +104,7 @@ impl AdTable {
         *refs -= 1;
         if *refs == 0 {
             if let Some(ad) = self.ids[r as usize].take() {
-                self.index.remove(&ad);
+                self.index.remove(ad.as_bytes());
             }
             self.free.push(r);
         }
@@ -116,7 +130,7 @@ struct Cell {
 /// milliseconds, where a `Vec` only copies 4 bytes per ad.
 #[derive(Debug, Default)]
 pub struct Tally {
-    by_ad: HashMap<u32, Cell>,
+    by_ad: FastMap<u32, Cell>,
     by_count: BTreeMap<u64, Vec<u32>>,
 }
 
@@ -161,7 +175,7 @@ impl Tally {
 /// Counters of the in-memory minutes.
 #[derive(Debug, Default)]
 pub struct Counters {
-    minutes: BTreeMap<Minute, HashMap<Slot, Tally>>,
+    minutes: BTreeMap<Minute, FastMap<Slot, Tally>>,
     ads: AdTable,
     /// Ad refs of dropped minutes not yet released. Releasing ~1M ads at once would hold
     /// the view's write lock for tens of milliseconds, so it is spread over commits
@@ -172,7 +186,7 @@ pub struct Counters {
 /// Minutes taken out of the view, to be freed after the lock is released.
 #[derive(Debug, Default)]
 pub struct Garbage {
-    slots: Vec<HashMap<Slot, Tally>>,
+    slots: Vec<FastMap<Slot, Tally>>,
     buckets: Vec<BTreeMap<u64, Vec<u32>>>,
 }
 
@@ -180,27 +194,8 @@ impl Counters {
     /// Adds `n` clicks of `ad` in `minute` to `slot`; returns the new absolute value.
     /// `All` must be added before any filter slot of the same (minute, ad).
     pub fn add(&mut self, slot: Slot, minute: Minute, ad: &AdId, n: u64) -> u64 {
-        let r = self.ads.intern(ad);
-        if !self.minutes.contains_key(&minute) {
-            // Size a new minute like the newest one, so its map doesn't rehash ~20 times
-            // (the last few rehashes of a million-entry map stall the write lock).
-            let hint = self
-                .minutes
-                .values()
-                .next_back()
-                .and_then(|m| m.get(&Slot::All))
-                .map_or(0, |t| t.by_ad.len());
-            let all = Tally {
-                by_ad: HashMap::with_capacity(hint),
-                by_count: BTreeMap::new(),
-            };
-            self.minutes
-                .insert(minute, HashMap::from([(Slot::All, all)]));
-        }
-        let tally = self
-            .minutes
-            .entry(minute)
-            .or_default()
+        let r = self.ads.intern(ad.as_bytes());
+        let tally = minute_slots(&mut self.minutes, minute)
             .entry(slot)
             .or_default();
         let (old, new) = tally.add(r, n);
@@ -208,6 +203,37 @@ impl Counters {
             self.ads.acquire(r);
         }
         new
+    }
+
+    /// Adds one commit's accepted clicks of `minute`, given per ad as `(ad id bytes, all,
+    /// [(filter id, n)])`: `all` to the `All` slot and each `n` to its filter's slot. Each
+    /// ad is interned once, whatever the number of filters. Calls `out(ad, slot, new
+    /// value)` for every counter it changes. The ad ids must be valid `AdId` bytes.
+    pub fn add_minute<'a, I, F>(&mut self, minute: Minute, deltas: I, mut out: F)
+    where
+        I: IntoIterator<Item = (&'a [u8], u64, &'a [(u64, u64)])>,
+        F: FnMut(&'a [u8], Slot, u64),
+    {
+        let slots = minute_slots(&mut self.minutes, minute);
+        let mut filtered = Vec::new();
+        let all = slots.entry(Slot::All).or_default();
+        for (ad, n, filters) in deltas {
+            let r = self.ads.intern(ad);
+            let (old, new) = all.add(r, n);
+            if old == 0 {
+                self.ads.acquire(r);
+            }
+            out(ad, Slot::All, new);
+            if !filters.is_empty() {
+                filtered.push((r, ad, filters));
+            }
+        }
+        for (r, ad, filters) in filtered {
+            for &(id, n) in filters {
+                let (_, new) = slots.entry(Slot::Filter(id)).or_default().add(r, n);
+                out(ad, Slot::Filter(id), new);
+            }
+        }
     }
 
     /// The counter of `(slot, minute, ad)`, if the minute is in memory.
@@ -301,7 +327,7 @@ impl Counters {
             .iter()
             .map(|t| t.by_count.iter().rev().peekable())
             .collect();
-        let mut seen: HashSet<u32> = HashSet::new();
+        let mut seen: FastSet<u32> = FastSet::default();
         // Max-heap whose top is the worst kept row: lowest count, then greatest ad id.
         let mut best: BinaryHeap<(Reverse<u64>, AdId)> = BinaryHeap::with_capacity(n + 1);
         loop {
@@ -356,6 +382,30 @@ impl Counters {
     pub fn ad_count(&self) -> usize {
         self.ads.len()
     }
+}
+
+/// The slots of `minute`, created (sized like the newest minute) if missing.
+fn minute_slots(
+    minutes: &mut BTreeMap<Minute, FastMap<Slot, Tally>>,
+    minute: Minute,
+) -> &mut FastMap<Slot, Tally> {
+    if !minutes.contains_key(&minute) {
+        // Size a new minute like the newest one, so its map doesn't rehash ~20 times
+        // (the last few rehashes of a million-entry map stall the write lock).
+        let hint = minutes
+            .values()
+            .next_back()
+            .and_then(|m| m.get(&Slot::All))
+            .map_or(0, |t| t.by_ad.len());
+        let all = Tally {
+            by_ad: FastMap::with_capacity_and_hasher(hint, Default::default()),
+            by_count: BTreeMap::new(),
+        };
+        let mut slots = FastMap::default();
+        slots.insert(Slot::All, all);
+        minutes.insert(minute, slots);
+    }
+    minutes.entry(minute).or_default()
 }
 
 /// Everything a query needs, as of one applied log id. Guarded by the state machine's

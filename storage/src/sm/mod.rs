@@ -12,7 +12,8 @@
 //! - [`reader`]: [`SmReader`], the cloneable query handle (`count`, `top`, `status`,
 //!   `digest`).
 //! - [`live`]: the in-memory view queries read (counters of recent minutes, organised for
-//!   exact top-N), [`dedup`]: the in-memory dedup index, [`filters`]: compiled filters.
+//!   exact top-N), [`dedup`]: the in-memory dedup index, [`filters`]: compiled filters,
+//!   [`hash`]: the keyed fast hash of their maps.
 //! - [`format`](mod@format): every RocksDB key/value layout; [`snapshot`]: the snapshot file format.
 //!   Both are described byte by byte in `docs/state-format.md`. [`validate`]: what install
 //!   checks about a snapshot's contents before it changes anything.
@@ -72,6 +73,7 @@ pub mod apply;
 pub mod dedup;
 pub mod filters;
 pub mod format;
+pub mod hash;
 pub mod live;
 pub mod raft;
 pub mod reader;

@@ -15,6 +15,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::time::Duration;
 
 use adclick_proto::model::{AdCount, AdId, Minute, MinuteRange};
 use rocksdb::ReadOptions;
@@ -194,10 +195,7 @@ impl SmReader {
             for chunk in disk_minutes.chunks(MULTI_GET_CHUNK) {
                 let batch: Vec<Vec<u8>> = chunk
                     .iter()
-                    .map(|m| match slot {
-                        Slot::All => keys.count(*m, ad.as_bytes()),
-                        Slot::Filter(id) => keys.filter_count(id, *m, ad.as_bytes()),
-                    })
+                    .map(|m| keys.slot_count(slot, *m, ad.as_bytes()))
                     .collect();
                 for v in db.batched_multi_get_cf_opt(cf, &batch, true, &ro) {
                     if let Some(v) = v? {
@@ -250,16 +248,10 @@ impl SmReader {
         live.counters.accumulate(slot, mem, &mut acc);
         let snap = db.snapshot();
         drop(live);
-        let (a, b) = match slot {
-            Slot::All => keys.count_range(disk.from, disk.to),
-            Slot::Filter(id) => keys.filter_count_range(id, disk.from, disk.to),
-        };
+        let (a, b) = keys.slot_count_range(slot, disk.from, disk.to);
         scan(db, cf, Some(&snap), (&a, &b), true, |k, v| {
-            let parsed = match slot {
-                Slot::All => format::parse_count_key(&keys, k).map(|(_, ad)| ad),
-                Slot::Filter(_) => format::parse_filter_count_key(&keys, k).map(|(_, _, ad)| ad),
-            };
-            let ad = parsed.map_err(|m| sh.corrupt(m.0))?;
+            let (_, ad) =
+                format::parse_slot_count_key(&keys, slot, k).map_err(|m| sh.corrupt(m.0))?;
             let n = format::decode_count(v).map_err(|m| sh.corrupt(m.0))?;
             let c = acc.entry(ad).or_insert(0);
             *c = c.saturating_add(n);
@@ -302,6 +294,24 @@ impl SmReader {
     /// Last applied log id.
     pub fn applied(&self) -> Result<Option<LogId>> {
         Ok(self.shared.read_live()?.applied)
+    }
+
+    /// Waits until queries on this reader see log index `index` applied; `Ok(false)` if
+    /// that did not happen within `timeout`.
+    ///
+    /// For linearizable reads: openraft's applied index (its metrics) moves only when a
+    /// whole `apply` call returns, which can span many entries and several commits, and
+    /// then only after its core task has handled the notification. This one moves as
+    /// soon as the commit holding `index` is visible to queries.
+    pub async fn wait_applied(&self, index: u64, timeout: Duration) -> Result<bool> {
+        let mut rx = self.shared.applied_tx.subscribe();
+        let reached = rx.wait_for(|a| a.is_some_and(|a| a >= index));
+        let outcome = match tokio::time::timeout(timeout, reached).await {
+            Ok(Ok(_)) => Ok(true),
+            Ok(Err(_)) => Err(Error::Closed),
+            Err(_) => Ok(false),
+        };
+        outcome
     }
 
     /// The watermark, ms since the epoch (None until a click is counted).

@@ -29,8 +29,12 @@ use crate::types::SnapshotMeta;
 pub const MAGIC: &[u8; 8] = b"ADCKSNAP";
 /// Last bytes of every snapshot file.
 pub const FOOTER_MAGIC: &[u8; 8] = b"ADCKSEND";
-/// Format version written and accepted. Version 2 added the group id to the header.
-pub const VERSION: u32 = 2;
+/// Format version written. Version 2 added the group id to the header; version 3 files
+/// may hold dedup blocks (`format::tag::DEDUP`), which version 2 readers cannot load, so
+/// they refuse the file at its header rather than at a record.
+pub const VERSION: u32 = 3;
+/// Oldest version read: version 2 differs only in holding no dedup blocks.
+pub const MIN_VERSION: u32 = 2;
 /// Tag of a record.
 pub const RECORD_TAG: u8 = 0x01;
 /// Tag of the footer.
@@ -475,7 +479,7 @@ impl SnapshotReader {
             return Err(self.corrupt(0, "not a snapshot file (bad magic)"));
         }
         let version = u32::from_be_bytes([fixed[8], fixed[9], fixed[10], fixed[11]]);
-        if version != VERSION {
+        if !(MIN_VERSION..=VERSION).contains(&version) {
             return Err(self.corrupt(8, format!("unsupported snapshot version {version}")));
         }
         let meta_len = u32::from_be_bytes([fixed[12], fixed[13], fixed[14], fixed[15]]);
@@ -606,6 +610,29 @@ mod tests {
             n += 1;
         }
         assert_eq!(n, 100);
+    }
+
+    #[test]
+    fn versions_2_and_3_are_read_and_others_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let good = fs::read(write_sample(dir.path())).expect("read");
+        assert_eq!(good[8..12], VERSION.to_be_bytes());
+        let with_version = |v: u32| {
+            let mut b = good.clone();
+            b[8..12].copy_from_slice(&v.to_be_bytes());
+            let meta_len = u32::from_be_bytes([b[12], b[13], b[14], b[15]]) as usize;
+            let crc = crc32fast::hash(&b[..16 + meta_len]);
+            b[16 + meta_len..20 + meta_len].copy_from_slice(&crc.to_be_bytes());
+            let path = dir.path().join(format!("v{v}"));
+            fs::write(&path, b).expect("write");
+            verify(&path)
+        };
+        assert_eq!(with_version(2).expect("version 2").1, 100);
+        assert_eq!(with_version(3).expect("version 3").1, 100);
+        for v in [1, 4] {
+            let err = with_version(v).expect_err(&format!("version {v} read"));
+            assert!(err.is_corruption(), "version {v}: {err}");
+        }
     }
 
     #[test]

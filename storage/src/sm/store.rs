@@ -26,7 +26,7 @@ use rocksdb::{
 
 use super::apply::{ApplyState, Pending, RegistryOp};
 use super::filters;
-use super::format::{self, meta, Keys};
+use super::format::{self, meta, tag, Keys};
 use super::live::{Live, Slot};
 use super::snapshot::{self, SnapshotFile, SnapshotReader};
 use super::validate::RecordCheck;
@@ -96,6 +96,10 @@ pub(crate) struct Shared {
     /// build while it takes its RocksDB snapshot: a build never reads a half-installed
     /// state (it would have to fail, and openraft treats a failed build as fatal).
     pub(crate) install_lock: Mutex<()>,
+    /// The view's applied index, published after each commit's view update (and on
+    /// reload), so a linearizable read can wait for exactly the commit holding its read
+    /// index (see [`super::SmReader::wait_applied`]).
+    pub(crate) applied_tx: tokio::sync::watch::Sender<Option<u64>>,
 }
 
 impl Shared {
@@ -214,6 +218,7 @@ impl StateMachine {
             snapshot_dir,
             snapshot_lock: Mutex::new(()),
             install_lock: Mutex::new(()),
+            applied_tx: tokio::sync::watch::Sender::new(None),
         });
         let mut sm = StateMachine {
             shared,
@@ -325,39 +330,8 @@ impl StateMachine {
         let st = &self.state;
         let mut batch = WriteBatch::default();
 
-        // Phase 1, no lock: everything but the counters. Only this thread writes, so
+        // Phase 1, no lock: meta, registry and late tallies. Only this thread writes, so
         // reads of RocksDB here see the last commit.
-        for op in &p.registry {
-            match op {
-                RegistryOp::Create { name, record } => {
-                    batch.put_cf(cf, keys.filter(name), format::encode_filter(record));
-                }
-                RegistryOp::Drop { name, id } => {
-                    batch.delete_cf(cf, keys.filter(name));
-                    let (a, b) = keys.filter_count_all(*id);
-                    batch.delete_range_cf(cf, a, b);
-                }
-            }
-        }
-        for (minute, id) in &p.dedup {
-            batch.put_cf(cf, keys.dedup(*minute, id), []);
-        }
-        if let Some(floor) = p.dedup_floor {
-            let (a, b) = keys.dedup_below(floor);
-            batch.delete_range_cf(cf, a, b);
-        }
-        // Late tallies are the only read-modify-write: they can hit any past minute, so
-        // they live on disk only.
-        let mut late = BTreeMap::new();
-        for ((ad, minute), n) in &p.late {
-            let key = keys.late(ad.as_bytes(), *minute);
-            let cur = match db.get_pinned_cf(cf, &key)? {
-                Some(v) => format::decode_count(&v).map_err(|m| shared.corrupt(m.0))?,
-                None => 0,
-            };
-            batch.put_cf(cf, key, format::encode_u64(cur + n));
-            late.insert((ad.clone(), *minute), cur + n);
-        }
         if let Some(applied) = &st.applied {
             batch.put_cf(cf, keys.meta(meta::APPLIED), format::encode_log_id(applied));
         }
@@ -378,42 +352,57 @@ impl StateMachine {
         if let (true, Some(clock)) = (p.clock_changed, &st.clock) {
             batch.put_cf(cf, keys.meta(meta::CLOCK), format::encode_clock(clock));
         }
+        // In apply order: a filter created and dropped in one batch must end up dropped.
+        for op in &p.registry {
+            match op {
+                RegistryOp::Create { name, record } => {
+                    batch.put_cf(cf, keys.filter(name), format::encode_filter(record));
+                }
+                RegistryOp::Drop { name, id } => {
+                    batch.delete_cf(cf, keys.filter(name));
+                    let (a, b) = keys.filter_count_all(*id);
+                    batch.delete_range_cf(cf, a, b);
+                }
+            }
+        }
+        // Late tallies are the only read-modify-write: they can hit any past minute, so
+        // they live on disk only.
+        let mut late = BTreeMap::new();
+        for ((ad, minute), n) in &p.late {
+            let key = keys.late(ad.as_bytes(), *minute);
+            let cur = match db.get_pinned_cf(cf, &key)? {
+                Some(v) => format::decode_count(&v).map_err(|m| shared.corrupt(m.0))?,
+                None => 0,
+            };
+            batch.put_cf(cf, key, format::encode_u64(cur + n));
+            late.insert((ad.clone(), *minute), cur + n);
+        }
 
-        // Phase 2, write lock: publish the new state in memory and put the counters'
-        // absolute values. Counters of a filter dropped in this batch are not written
-        // (its range delete is already in the batch).
-        let dropped: Vec<u64> = p
-            .registry
-            .iter()
-            .filter_map(|op| match op {
-                RegistryOp::Drop { id, .. } => Some(*id),
-                RegistryOp::Create { .. } => None,
-            })
-            .collect();
+        // Phase 2, write lock: publish the new state in memory, noting the counters' new
+        // absolute values. Only the in-memory updates happen under the lock; their keys
+        // are built and put into the batch after it is released.
+        let mut counted: Vec<(Slot, Minute, &[u8], u64)> = Vec::with_capacity(
+            p.counts
+                .values()
+                .flat_map(|m| m.values())
+                .map(|d| 1 + d.filters.len())
+                .sum(),
+        );
         {
             let mut live = shared.write_live()?;
-            for ((minute, ad), d) in &p.counts {
+            for (&minute, per_ad) in &p.counts {
                 assert!(
-                    live.mem_floor.is_none_or(|f| *minute >= f),
+                    live.mem_floor.is_none_or(|f| minute >= f),
                     "counted into minute {minute:?} below the in-memory floor {:?}",
                     live.mem_floor
                 );
-                let v = live.counters.add(Slot::All, *minute, ad, d.all);
-                batch.put_cf(
-                    cf,
-                    keys.count(*minute, ad.as_bytes()),
-                    format::encode_u64(v),
+                live.counters.add_minute(
+                    minute,
+                    per_ad
+                        .iter()
+                        .map(|(ad, d)| (ad.as_bytes(), d.all, d.filters.as_slice())),
+                    |ad, slot, v| counted.push((slot, minute, ad, v)),
                 );
-                for &(id, n) in &d.filters {
-                    let v = live.counters.add(Slot::Filter(id), *minute, ad, n);
-                    if !dropped.contains(&id) {
-                        batch.put_cf(
-                            cf,
-                            keys.filter_count(id, *minute, ad.as_bytes()),
-                            format::encode_u64(v),
-                        );
-                    }
-                }
             }
             for op in &p.registry {
                 match op {
@@ -435,6 +424,36 @@ impl StateMachine {
             live.settings = st.settings;
             live.clock = st.clock;
             live.late_overlay = Some(late);
+        }
+        shared.applied_tx.send_replace(st.applied.map(|l| l.index));
+        // Counters of a filter dropped in this batch are not written (its range delete
+        // is already in the batch).
+        let dropped: Vec<u64> = p
+            .registry
+            .iter()
+            .filter_map(|op| match op {
+                RegistryOp::Drop { id, .. } => Some(*id),
+                RegistryOp::Create { .. } => None,
+            })
+            .collect();
+        // One key buffer for the rest of the commit: no allocation per key.
+        let mut key = Vec::with_capacity(128);
+        for &(slot, minute, ad, v) in &counted {
+            if matches!(slot, Slot::Filter(id) if dropped.contains(&id)) {
+                continue;
+            }
+            keys.slot_count_into(&mut key, slot, minute, ad);
+            batch.put_cf(cf, &key, format::encode_u64(v));
+        }
+        for ((minute, index, part), block) in p.dedup.blocks() {
+            keys.dedup_block_into(&mut key, minute, index, part);
+            batch.put_cf(cf, &key, block);
+        }
+        // After the ids: ids of this batch in minutes that expired meanwhile go too.
+        if let Some(floor) = p.dedup_floor {
+            for (a, b) in keys.dedup_below(floor) {
+                batch.delete_range_cf(cf, a, b);
+            }
         }
 
         // Phase 3, no lock: the RocksDB write. Readers meanwhile see the new view; the
@@ -490,7 +509,9 @@ impl StateMachine {
     fn reload(&mut self) -> Result<()> {
         let (state, live) = self.load()?;
         self.state = state;
+        let applied = live.applied.map(|l| l.index);
         *self.shared.write_live()? = live;
+        self.shared.applied_tx.send_replace(applied);
         Ok(())
     }
 
@@ -529,12 +550,26 @@ impl StateMachine {
         if let Some(clock) = st.clock {
             st.dedup.raise_floor(clock.floor());
         }
-        let (a, b) = keys.dedup_all();
-        scan(db, cf, None, (&a, &b), true, |k, _| {
-            let (minute, id) = format::parse_dedup_key(&keys, k).map_err(bad)?;
-            // Expired ids are range-deleted with the floor; skip any that survived.
+        // Ids of an open minute: insert each once (a retry of an expired id may have been
+        // counted again in a newer minute, so the same id can appear twice).
+        fn add_id(st: &mut ApplyState, minute: Minute, id: &[u8]) {
             if st.dedup.is_live(minute) && st.dedup.lookup(id).is_none() {
                 st.dedup.insert(id, minute);
+            }
+        }
+        // The first layout, one key per id (written by older versions).
+        let (a, b) = keys.dedup_all(tag::DEDUP_IDS);
+        scan(db, cf, None, (&a, &b), true, |k, _| {
+            let (minute, id) = format::parse_dedup_id_key(&keys, k).map_err(bad)?;
+            add_id(&mut st, minute, id);
+            Ok(true)
+        })?;
+        let (a, b) = keys.dedup_all(tag::DEDUP);
+        scan(db, cf, None, (&a, &b), true, |k, v| {
+            let (minute, _, _) = format::parse_dedup_block_key(&keys, k).map_err(bad)?;
+            // Expired blocks are range-deleted with the floor; skip any that survived.
+            if st.dedup.is_live(minute) {
+                format::decode_dedup_block(v, |id| add_id(&mut st, minute, id)).map_err(bad)?;
             }
             Ok(true)
         })?;
@@ -543,22 +578,15 @@ impl StateMachine {
             .clock
             .map(|c| mem_floor(c.floor(), self.opts.keep_final_minutes));
         let from = floor.unwrap_or(Minute(i64::MIN));
-        let (a, b) = keys.count_range(from, Minute(i64::MAX));
-        scan(db, cf, None, (&a, &b), true, |k, v| {
-            let (minute, ad) = format::parse_count_key(&keys, k).map_err(bad)?;
-            let n = format::decode_count(v).map_err(bad)?;
-            if n > 0 {
-                live.counters.add(Slot::All, minute, &ad, n);
-            }
-            Ok(true)
-        })?;
-        for f in &st.filters {
-            let (a, b) = keys.filter_count_range(f.id, from, Minute(i64::MAX));
+        // `All` first: a filter slot only holds ads its minute's `All` slot holds.
+        let slots = std::iter::once(Slot::All).chain(st.filters.iter().map(|f| Slot::Filter(f.id)));
+        for slot in slots {
+            let (a, b) = keys.slot_count_range(slot, from, Minute(i64::MAX));
             scan(db, cf, None, (&a, &b), true, |k, v| {
-                let (_, minute, ad) = format::parse_filter_count_key(&keys, k).map_err(bad)?;
+                let (minute, ad) = format::parse_slot_count_key(&keys, slot, k).map_err(bad)?;
                 let n = format::decode_count(v).map_err(bad)?;
                 if n > 0 {
-                    live.counters.add(Slot::Filter(f.id), minute, &ad, n);
+                    live.counters.add(slot, minute, &ad, n);
                 }
                 Ok(true)
             })?;
@@ -674,8 +702,10 @@ impl StateMachine {
         db.write_opt(batch, &write_options())?;
         let mut r = SnapshotReader::new(SnapshotFile::open(path)?)?;
         let mut batch = WriteBatch::default();
+        let mut full = Vec::new();
         while let Some((key, value)) = r.next_record()? {
-            batch.put_cf(cf, keys.rehome(&key), value);
+            keys.rehome_into(&mut full, &key);
+            batch.put_cf(cf, &full, value);
             if batch.len() >= self.opts.install_batch_records {
                 db.write_opt(std::mem::take(&mut batch), &write_options())?;
             }

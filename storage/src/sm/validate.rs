@@ -17,7 +17,8 @@
 //!   than the applied index and not used by another filter;
 //! - counter, late tally: a valid key and a value of at most [`format::MAX_COUNT`];
 //! - filter counter: as a counter, and its filter is one of the snapshot's filters;
-//! - dedup: a valid key (1..=64 byte event id) and an empty value.
+//! - dedup id (first layout): a valid key (1..=64 byte event id) and an empty value;
+//! - dedup block: a valid key and a block of 1..=64 byte ids (see `format::DedupBlock`).
 //!
 //! Anything else (the install marker included) is refused.
 
@@ -36,6 +37,7 @@ pub struct RecordCheck<'h> {
     applied: Option<LogId>,
     membership: Option<StoredMembership>,
     filter_ids: BTreeSet<u64>,
+    key: Vec<u8>,
 }
 
 fn bad<T>(why: impl Into<String>) -> DecodeResult<T> {
@@ -51,13 +53,15 @@ impl<'h> RecordCheck<'h> {
             applied: None,
             membership: None,
             filter_ids: BTreeSet::new(),
+            key: Vec::new(),
         }
     }
 
     /// Checks one record: `suffix` is the key without its group prefix.
     pub fn record(&mut self, suffix: &[u8], value: &[u8]) -> DecodeResult<()> {
-        let key = self.keys.rehome(suffix);
-        let keys = &self.keys;
+        // One buffer for every record's full key, not an allocation each.
+        self.keys.rehome_into(&mut self.key, suffix);
+        let (key, keys) = (&self.key, &self.keys);
         match suffix {
             [tag::META, id] => match *id {
                 meta::APPLIED => self.applied = Some(format::decode_log_id(value)?),
@@ -74,7 +78,7 @@ impl<'h> RecordCheck<'h> {
                 other => return bad(format!("meta key {other:#04x} is not state")),
             },
             [tag::FILTER, ..] => {
-                let name = format::parse_filter_key(keys, &key)?;
+                let name = format::parse_filter_key(keys, key)?;
                 let record = format::decode_filter(value)?;
                 filters::reload(name, &record)
                     .map_err(|why| Malformed(format!("filter {name:?}: {why}")))?;
@@ -89,26 +93,30 @@ impl<'h> RecordCheck<'h> {
                 }
             }
             [tag::COUNT, ..] => {
-                format::parse_count_key(keys, &key)?;
+                format::parse_count_key(keys, key)?;
                 format::decode_count(value)?;
             }
             [tag::FILTER_COUNT, ..] => {
-                let (id, _, _) = format::parse_filter_count_key(keys, &key)?;
+                let (id, _, _) = format::parse_filter_count_key(keys, key)?;
                 if !self.filter_ids.contains(&id) {
                     return bad(format!("counter of unknown filter id {id}"));
                 }
                 format::decode_count(value)?;
             }
             [tag::LATE, ..] => {
-                format::parse_late_key(keys, &key)?;
+                format::parse_late_key(keys, key)?;
                 format::decode_count(value)?;
             }
-            [tag::DEDUP, ..] => {
-                let (_, id) = format::parse_dedup_key(keys, &key)?;
+            [tag::DEDUP_IDS, ..] => {
+                let (_, id) = format::parse_dedup_id_key(keys, key)?;
                 EventId::new(id.to_vec()).map_err(|e| Malformed(format!("dedup id: {e}")))?;
                 if !value.is_empty() {
                     return bad(format!("dedup value of {} bytes", value.len()));
                 }
+            }
+            [tag::DEDUP, ..] => {
+                format::parse_dedup_block_key(keys, key)?;
+                format::decode_dedup_block(value, |_| ())?;
             }
             _ => return bad(format!("record key {suffix:02x?} is not a state key")),
         }
