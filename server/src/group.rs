@@ -17,10 +17,6 @@ use openraft::{RaftMetrics, ServerState};
 use crate::error::{Error, Result};
 use crate::raft::GroupRaft;
 
-/// How often a linearizable read waiting for its index looks at the state machine's own
-/// applied position (a read lock), beside openraft's applied metric.
-const APPLIED_POLL: Duration = Duration::from_micros(500);
-
 /// A group of this node.
 pub struct Group {
     /// 0 for the metadata group, 1..=G for data groups.
@@ -175,37 +171,19 @@ impl Group {
     pub async fn wait_applied(&self, index: Option<u64>, timeout: Duration) -> Result<()> {
         let Some(index) = index else { return Ok(()) };
         // The state machine publishes its applied position at every commit (every
-        // `max_pending_clicks` clicks), openraft only when a whole `apply` call returns,
-        // which can span several entries: under write load the state machine's own view
-        // lets a read go as soon as its index is covered instead of after the whole call.
-        let covered = || {
-            self.reader
-                .applied()
-                .is_ok_and(|a| a.is_some_and(|a| a.index >= index))
-        };
-        if covered() {
-            return Ok(());
-        }
-        let waiter = self.raft.wait(Some(timeout));
-        let raft_wait = waiter.applied_index_at_least(Some(index), "linearizable read");
-        tokio::pin!(raft_wait);
-        let mut poll = tokio::time::interval(APPLIED_POLL);
-        loop {
-            tokio::select! {
-                r = &mut raft_wait => {
-                    return r.map(|_| ()).map_err(|e| {
-                        Error::Timeout(format!(
-                            "group {} replica on node {} did not apply index {index} in time: {e}",
-                            self.id, self.node_id
-                        ))
-                    });
-                }
-                _ = poll.tick() => {
-                    if covered() {
-                        return Ok(());
-                    }
-                }
-            }
+        // `max_pending_clicks` clicks); openraft's moves only when a whole `apply` call
+        // returns, which can span several entries. Under write load the state machine's
+        // own position lets a read go as soon as its index is covered.
+        match self.reader.wait_applied(index, timeout).await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(Error::Timeout(format!(
+                "group {} replica on node {} did not apply index {index} within {timeout:?}",
+                self.id, self.node_id
+            ))),
+            Err(e) => Err(Error::Unavailable(format!(
+                "group {} replica on node {} is closing: {e}",
+                self.id, self.node_id
+            ))),
         }
     }
 }
