@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use adclick_bench::workload::{Workload, WorkloadConfig};
 use adclick_client::model::{AdId, Click};
-use adclick_client::{Client, CountQuery, TimeSpec, TopQuery};
+use adclick_client::{Client, CountQuery, ReadConsistency, TimeSpec, TopQuery};
 use anyhow::Context;
 use clap::Parser;
 use hdrhistogram::Histogram;
@@ -62,6 +62,10 @@ struct Args {
     /// Seed of the generated traffic.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Read queries as stale (served from the answering node's applied state, without
+    /// waiting for the read index): separates waiting behind apply from the rest.
+    #[arg(long)]
+    stale_reads: bool,
     /// The nodes' process ids (`1=PID,2=PID,...`), to report CPU time and peak RSS.
     #[arg(long, value_delimiter = ',')]
     pids: Vec<String>,
@@ -255,7 +259,12 @@ async fn run_phase(
     let reader = if args.queries {
         let client = Client::connect(&args.targets).await?;
         let (stop, ads) = (stop.clone(), args.ads);
-        Some(tokio::spawn(read_loop(client, stop, ads)))
+        let consistency = if args.stale_reads {
+            ReadConsistency::Stale
+        } else {
+            ReadConsistency::Linearizable
+        };
+        Some(tokio::spawn(read_loop(client, stop, ads, consistency)))
     } else {
         None
     };
@@ -312,11 +321,12 @@ async fn run_phase(
     Ok(row)
 }
 
-/// Linearizable count of one ad and top-100 over the last 5 minutes, in turn, 5 ms apart.
+/// Count of one ad and top-100 over the last 5 minutes, in turn, 5 ms apart.
 async fn read_loop(
     client: Client,
     stop: Arc<AtomicBool>,
     ads: u64,
+    consistency: ReadConsistency,
 ) -> (Histogram<u64>, Histogram<u64>) {
     let (mut count_h, mut top_h) = (hist(), hist());
     let mut i = 0u64;
@@ -328,12 +338,16 @@ async fn read_loop(
         let name = Workload::ad_name(1 + (i * 7919) % ads.min(1000));
         if let Ok(ad) = AdId::new(&name) {
             let t = Instant::now();
-            if client.count(CountQuery::new(ad, range)).await.is_ok() {
+            let mut q = CountQuery::new(ad, range);
+            q.consistency = consistency;
+            if client.count(q).await.is_ok() {
                 let _ = count_h.record(t.elapsed().as_micros() as u64);
             }
         }
         let t = Instant::now();
-        if client.top(TopQuery::new(100, range)).await.is_ok() {
+        let mut q = TopQuery::new(100, range);
+        q.consistency = consistency;
+        if client.top(q).await.is_ok() {
             let _ = top_h.record(t.elapsed().as_micros() as u64);
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
