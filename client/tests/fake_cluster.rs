@@ -25,6 +25,8 @@ struct Fake {
     flaky: bool,
     /// The first ingest request is refused as routed with a stale map.
     stale_once: AtomicU64,
+    /// Every ingest request is refused so (nodes that disagree on the map).
+    stale_always: bool,
     /// Attempts per event id, and the largest batch seen.
     sent: Mutex<HashMap<Vec<u8>, u32>>,
     largest: AtomicU64,
@@ -64,7 +66,7 @@ impl grpc::Ingest for Node {
         request: Request<wire::IngestRequest>,
     ) -> Result<Response<wire::IngestResponse>, Status> {
         let n = self.0.requests.fetch_add(1, Ordering::SeqCst) + 1;
-        if self.0.stale_once.swap(0, Ordering::SeqCst) == 1 {
+        if self.0.stale_always || self.0.stale_once.swap(0, Ordering::SeqCst) == 1 {
             return Err(stale_shard_map(1, 1));
         }
         if self.0.flaky && n.is_multiple_of(3) {
@@ -252,4 +254,41 @@ async fn the_producer_answers_every_delivery_with_its_clicks_result() {
         let result = delivery.await.expect("answered");
         assert_eq!(result.message.as_bytes(), click.event_id.as_bytes());
     }
+}
+
+#[tokio::test]
+async fn nodes_that_keep_calling_the_map_stale_are_not_hammered() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr").to_string();
+    let fake = Arc::new(Fake {
+        addr,
+        stale_always: true,
+        ..Fake::default()
+    });
+    let node = Node(Arc::clone(&fake));
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(grpc::IngestServer::new(node.clone()))
+            .add_service(grpc::AdminServer::new(node))
+            .serve_with_incoming(TcpListenerStream::new(listener)),
+    );
+    let mut config = ClientConfig::default();
+    config.deadline = Duration::from_secs(1);
+    config.initial_backoff = Duration::from_millis(10);
+    config.max_backoff = Duration::from_millis(20);
+    let client = Client::connect_with([fake.addr.as_str()], config)
+        .await
+        .expect("connect");
+    let err = client
+        .ingest(&clicks(1))
+        .await
+        .expect_err("the map never settles");
+    assert!(
+        matches!(err, adclick_client::Error::DeadlineExceeded { .. }),
+        "{err}"
+    );
+    // One second at 10-20 ms between tries is well under 200 requests; re-routing at RPC
+    // speed sent thousands.
+    let requests = fake.requests.load(Ordering::SeqCst);
+    assert!(requests < 200, "{requests} requests in one second");
 }
