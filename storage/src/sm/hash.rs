@@ -7,9 +7,14 @@
 //! and turn the dedup index's lookups linear, slowing every click of the group. Here each
 //! map gets a key drawn from the OS's randomness (through std's `RandomState`); byte
 //! strings are hashed by xxh3 seeded with it and integers by a folded multiply with it.
-//! This is not a cryptographic PRF like SipHash: it asks an attacker to find collisions
-//! without seeing the key or any hash value (nothing we return depends on iteration order
-//! of these maps), which is the bar we accept for a ~4x cheaper hash.
+//! This is not a cryptographic PRF like SipHash. Seeded xxh3 has known seed-independent
+//! collision pairs (xxHash issue #1127: chosen 17–240-byte message pairs that collide with
+//! probability about 2^-27 whatever the seed), so a determined sender can make some ids
+//! collide more often than chance; what it cannot do cheaply is build the long collision
+//! chains a flood needs without seeing the key or any hash value (nothing we return
+//! depends on these maps' iteration order). That is the bar we accept for a ~4x cheaper
+//! hash; a deployment facing hostile producers should put SipHash back on the maps keyed
+//! by sender-chosen bytes (dedup index, ad table, pending per-ad deltas).
 //!
 //! Determinism is unaffected: hash maps only find things, they never decide an outcome
 //! or order a stored byte (see the invariants in [`crate::sm`]), so a per-process key is

@@ -454,6 +454,11 @@ impl StateMachine {
             sorted.push((start..arena.len(), v));
         }
         sorted.sort_unstable_by(|a, b| arena[a.0.clone()].cmp(&arena[b.0.clone()]));
+        // Every key is distinct (one delta per ad, minute and slot), so the unstable sort
+        // cannot make replicas write different values for one key.
+        debug_assert!(sorted
+            .windows(2)
+            .all(|w| arena[w[0].0.clone()] != arena[w[1].0.clone()]));
         for (range, v) in sorted {
             batch.put_cf(cf, &arena[range], format::encode_u64(v));
         }
