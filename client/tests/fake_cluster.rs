@@ -142,16 +142,10 @@ impl grpc::Admin for Node {
     }
 }
 
-/// Starts a fake node; returns it and its address.
-async fn fake(flaky: bool, stale_once: bool) -> Arc<Fake> {
+/// Starts a fake node made by `make` from its address.
+async fn serve(make: impl FnOnce(String) -> Fake) -> Arc<Fake> {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr").to_string();
-    let fake = Arc::new(Fake {
-        addr,
-        flaky,
-        stale_once: AtomicU64::new(u64::from(stale_once)),
-        ..Fake::default()
-    });
+    let fake = Arc::new(make(listener.local_addr().expect("addr").to_string()));
     let node = Node(Arc::clone(&fake));
     tokio::spawn(
         tonic::transport::Server::builder()
@@ -160,6 +154,17 @@ async fn fake(flaky: bool, stale_once: bool) -> Arc<Fake> {
             .serve_with_incoming(TcpListenerStream::new(listener)),
     );
     fake
+}
+
+/// A fake node that fails every third request and/or says the map is stale once.
+async fn fake(flaky: bool, stale_once: bool) -> Arc<Fake> {
+    serve(|addr| Fake {
+        addr,
+        flaky,
+        stale_once: AtomicU64::new(u64::from(stale_once)),
+        ..Fake::default()
+    })
+    .await
 }
 
 fn clicks(n: usize) -> Vec<Click> {
@@ -258,20 +263,12 @@ async fn the_producer_answers_every_delivery_with_its_clicks_result() {
 
 #[tokio::test]
 async fn nodes_that_keep_calling_the_map_stale_are_not_hammered() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr").to_string();
-    let fake = Arc::new(Fake {
+    let fake = serve(|addr| Fake {
         addr,
         stale_always: true,
         ..Fake::default()
-    });
-    let node = Node(Arc::clone(&fake));
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(grpc::IngestServer::new(node.clone()))
-            .add_service(grpc::AdminServer::new(node))
-            .serve_with_incoming(TcpListenerStream::new(listener)),
-    );
+    })
+    .await;
     let mut config = ClientConfig::default();
     config.deadline = Duration::from_secs(1);
     config.initial_backoff = Duration::from_millis(10);

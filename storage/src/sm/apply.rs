@@ -17,9 +17,7 @@
 //!    enters the dedup index, and `W = max(W, max counted event time - allowed_lateness)`.
 //!    When W's minute rises, ids of the minutes below it expire.
 
-use std::borrow::Borrow;
 use std::collections::BTreeMap;
-use std::hash::{Hash, Hasher};
 
 use adclick_proto::model::{AdId, Click, Minute, Outcome, RejectReason, MAX_AD_ID_LEN};
 
@@ -76,26 +74,7 @@ impl AdBytes {
     }
 }
 
-impl Borrow<[u8]> for AdBytes {
-    fn borrow(&self) -> &[u8] {
-        self.as_bytes()
-    }
-}
-
-impl Hash for AdBytes {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        // Exactly like the borrowed `[u8]` (the `Borrow` contract).
-        self.as_bytes().hash(state);
-    }
-}
-
-impl PartialEq for AdBytes {
-    fn eq(&self, other: &Self) -> bool {
-        self.as_bytes() == other.as_bytes()
-    }
-}
-
-impl Eq for AdBytes {}
+super::hash::bytes_key!(AdBytes, as_bytes);
 
 impl std::fmt::Debug for AdBytes {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

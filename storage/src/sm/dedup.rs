@@ -16,9 +16,7 @@
 //! Ids of up to [`INLINE_ID_LEN`] bytes (UUIDs, binary or text) are stored inside the map's
 //! slots: no allocation and no free per click. Longer ones are boxed.
 
-use std::borrow::Borrow;
 use std::collections::BTreeMap;
-use std::hash::{Hash, Hasher};
 
 use adclick_proto::model::Minute;
 
@@ -57,26 +55,7 @@ impl IdKey {
     }
 }
 
-impl Borrow<[u8]> for IdKey {
-    fn borrow(&self) -> &[u8] {
-        self.as_slice()
-    }
-}
-
-impl Hash for IdKey {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        // Must hash exactly like the borrowed `[u8]` (the `Borrow` contract).
-        self.as_slice().hash(state);
-    }
-}
-
-impl PartialEq for IdKey {
-    fn eq(&self, other: &Self) -> bool {
-        self.as_slice() == other.as_slice()
-    }
-}
-
-impl Eq for IdKey {}
+super::hash::bytes_key!(IdKey, as_slice);
 
 impl std::fmt::Debug for IdKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

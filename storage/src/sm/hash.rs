@@ -21,6 +21,34 @@
 //! fine.
 
 use std::collections::hash_map::RandomState;
+
+/// Implements `Borrow<[u8]>`, `Hash`, `PartialEq` and `Eq` for a key type that stands for
+/// a byte string (`$bytes` returns it), so a map keyed by it can be searched with a
+/// `&[u8]`: the type hashes and compares exactly as its bytes (the `Borrow` contract).
+macro_rules! bytes_key {
+    ($ty:ty, $bytes:ident) => {
+        impl std::borrow::Borrow<[u8]> for $ty {
+            fn borrow(&self) -> &[u8] {
+                self.$bytes()
+            }
+        }
+
+        impl std::hash::Hash for $ty {
+            fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+                self.$bytes().hash(state);
+            }
+        }
+
+        impl PartialEq for $ty {
+            fn eq(&self, other: &Self) -> bool {
+                self.$bytes() == other.$bytes()
+            }
+        }
+
+        impl Eq for $ty {}
+    };
+}
+pub(crate) use bytes_key;
 use std::hash::{BuildHasher, Hasher};
 
 /// An odd constant with well-mixed bits (the golden ratio's), so that keys derived from
