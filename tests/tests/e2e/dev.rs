@@ -121,3 +121,61 @@ fn quick() -> adclick_client::ClientConfig {
     c.deadline = Duration::from_secs(1);
     c
 }
+
+/// Ctrl-C while the cluster is still starting (before any leader is elected) stops the
+/// nodes too: none may be left running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_during_startup_leaves_no_node_running() {
+    let _slot = adclick_tests::Cluster::exclusive_slot()
+        .await
+        .expect("the cluster slot");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("dev-early");
+    let mut child = tokio::process::Command::new(adclick_path().expect("adclick is built"))
+        .args(["dev", "--rate", "0", "--data-dir"])
+        .arg(&data)
+        .arg("--adclickd")
+        .arg(adclickd_path().expect("adclickd is built"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("adclick dev starts");
+    let mut stderr = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let started = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Ok(Some(line)) = stderr.next_line().await {
+            if line.starts_with("started 3 adclickd nodes") {
+                return true;
+            }
+        }
+        false
+    })
+    .await
+    .expect("adclick dev starts its nodes within 30 s");
+    assert!(started, "adclick dev said it started its nodes");
+    let pid = child.id().expect("adclick dev is running");
+    let sent = std::process::Command::new("kill")
+        .args(["-INT", &pid.to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(sent.success());
+    let status = tokio::time::timeout(Duration::from_secs(60), child.wait())
+        .await
+        .expect("adclick dev stops within 60 s of Ctrl-C")
+        .expect("wait for adclick dev");
+    assert!(
+        status.success(),
+        "adclick dev exits 0 when interrupted early: {status}"
+    );
+    let left = std::process::Command::new("pgrep")
+        .arg("-f")
+        .arg(data.to_str().expect("utf-8 path"))
+        .output()
+        .expect("pgrep runs");
+    assert!(
+        left.stdout.is_empty(),
+        "adclickd processes left running: {}",
+        String::from_utf8_lossy(&left.stdout)
+    );
+}

@@ -683,4 +683,63 @@ mod tests {
             .expect_err("empty id");
         assert!(e.contains("event_id"), "{e}");
     }
+
+    #[tokio::test]
+    async fn following_a_file_that_is_truncated_stops_with_an_error() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("clicks.txt");
+        std::fs::write(&path, "one\ntwo\n").expect("write");
+        let meta = std::fs::metadata(&path).expect("metadata");
+        let file = tokio::fs::File::open(&path).await.expect("open");
+        let source = Source::File {
+            path: path.clone(),
+            id: (meta.dev(), meta.ino()),
+        };
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut r = LineReader::new(Box::new(BufReader::new(file)), source, true, stop);
+        assert_eq!(
+            r.next().await.expect("line").expect("one").text,
+            Ok("one".into())
+        );
+        assert_eq!(
+            r.next().await.expect("line").expect("two").text,
+            Ok("two".into())
+        );
+        // copytruncate-style rotation: the file shrinks below what was read.
+        std::fs::write(&path, "x\n").expect("truncate");
+        let err = tokio::time::timeout(Duration::from_secs(5), r.next())
+            .await
+            .expect("noticed within a poll or two")
+            .expect_err("a truncated file stops the command");
+        assert!(err.to_string().contains("shrank"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn following_a_file_that_is_replaced_stops_with_an_error() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("clicks.txt");
+        std::fs::write(&path, "one\n").expect("write");
+        let meta = std::fs::metadata(&path).expect("metadata");
+        let file = tokio::fs::File::open(&path).await.expect("open");
+        let source = Source::File {
+            path: path.clone(),
+            id: (meta.dev(), meta.ino()),
+        };
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut r = LineReader::new(Box::new(BufReader::new(file)), source, true, stop);
+        assert_eq!(
+            r.next().await.expect("line").expect("one").text,
+            Ok("one".into())
+        );
+        // mv-style rotation: the path now names a new file.
+        std::fs::rename(&path, dir.path().join("clicks.txt.1")).expect("rotate");
+        std::fs::write(&path, "new\n").expect("new file");
+        let err = tokio::time::timeout(Duration::from_secs(5), r.next())
+            .await
+            .expect("noticed within a poll or two")
+            .expect_err("a replaced file stops the command");
+        assert!(err.to_string().contains("another file"), "{err}");
+    }
 }
