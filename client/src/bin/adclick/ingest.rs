@@ -177,38 +177,44 @@ fn parse_seed_line(line: &str, event_id: Bytes) -> Result<wire::Click, String> {
     })
 }
 
+/// Opens `file` (`-` is stdin) for reading: the reader, the source it identifies, and the
+/// file's length when it has one.
+async fn open_input(
+    file: &str,
+) -> anyhow::Result<(Box<dyn AsyncBufRead + Unpin + Send>, Source, Option<u64>)> {
+    if file == "-" {
+        return Ok((
+            Box::new(BufReader::new(tokio::io::stdin())),
+            Source::Stdin,
+            None,
+        ));
+    }
+    use std::os::unix::fs::MetadataExt;
+    let path = Path::new(file);
+    let opened = tokio::fs::File::open(path)
+        .await
+        .with_context(|| format!("opening {}", path.display()))?;
+    let meta = opened
+        .metadata()
+        .await
+        .with_context(|| format!("reading {}'s metadata", path.display()))?;
+    let source = Source::File {
+        path: path.to_owned(),
+        id: (meta.dev(), meta.ino()),
+    };
+    Ok((
+        Box::new(BufReader::with_capacity(1 << 20, opened)),
+        source,
+        Some(meta.len()),
+    ))
+}
+
 pub async fn run(client: Client, args: IngestArgs, out: &Output) -> anyhow::Result<ExitCode> {
     if args.follow && args.file == "-" {
         anyhow::bail!("--follow needs a file, not stdin");
     }
-    let (reader, source, size): (Box<dyn AsyncBufRead + Unpin + Send>, Source, Option<u64>) =
-        if args.file == "-" {
-            (
-                Box::new(BufReader::new(tokio::io::stdin())),
-                Source::Stdin,
-                None,
-            )
-        } else {
-            use std::os::unix::fs::MetadataExt;
-            let path = Path::new(&args.file);
-            let file = tokio::fs::File::open(path)
-                .await
-                .with_context(|| format!("opening {}", path.display()))?;
-            let meta = file
-                .metadata()
-                .await
-                .with_context(|| format!("reading {}'s metadata", path.display()))?;
-            let source = Source::File {
-                path: path.to_owned(),
-                id: (meta.dev(), meta.ino()),
-            };
-            let size = (!args.follow).then_some(meta.len());
-            (
-                Box::new(BufReader::with_capacity(1 << 20, file)),
-                source,
-                size,
-            )
-        };
+    let (reader, source, len) = open_input(&args.file).await?;
+    let size = len.filter(|_| !args.follow);
     // With --follow, Ctrl-C ends the reading and the clicks read so far are still sent
     // and reported; without it, Ctrl-C interrupts as usual (re-running is safe).
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -684,20 +690,21 @@ mod tests {
         assert!(e.contains("event_id"), "{e}");
     }
 
+    /// A reader following the file at `path`, opened as `adclick ingest --follow` does.
+    async fn follow(path: &Path) -> LineReader {
+        let (reader, source, _) = open_input(path.to_str().expect("utf-8 path"))
+            .await
+            .expect("open");
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        LineReader::new(reader, source, true, stop)
+    }
+
     #[tokio::test]
     async fn following_a_file_that_is_truncated_stops_with_an_error() {
-        use std::os::unix::fs::MetadataExt;
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("clicks.txt");
         std::fs::write(&path, "one\ntwo\n").expect("write");
-        let meta = std::fs::metadata(&path).expect("metadata");
-        let file = tokio::fs::File::open(&path).await.expect("open");
-        let source = Source::File {
-            path: path.clone(),
-            id: (meta.dev(), meta.ino()),
-        };
-        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let mut r = LineReader::new(Box::new(BufReader::new(file)), source, true, stop);
+        let mut r = follow(&path).await;
         assert_eq!(
             r.next().await.expect("line").expect("one").text,
             Ok("one".into())
@@ -717,18 +724,10 @@ mod tests {
 
     #[tokio::test]
     async fn following_a_file_that_is_replaced_stops_with_an_error() {
-        use std::os::unix::fs::MetadataExt;
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("clicks.txt");
         std::fs::write(&path, "one\n").expect("write");
-        let meta = std::fs::metadata(&path).expect("metadata");
-        let file = tokio::fs::File::open(&path).await.expect("open");
-        let source = Source::File {
-            path: path.clone(),
-            id: (meta.dev(), meta.ino()),
-        };
-        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let mut r = LineReader::new(Box::new(BufReader::new(file)), source, true, stop);
+        let mut r = follow(&path).await;
         assert_eq!(
             r.next().await.expect("line").expect("one").text,
             Ok("one".into())
