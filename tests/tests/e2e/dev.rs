@@ -2,13 +2,15 @@
 //! listen, feeds demo traffic that queries then see, and on Ctrl-C (SIGINT to the command
 //! alone, as a terminal sends it) stops every node cleanly and exits 0.
 
-use std::process::Stdio;
+use std::path::Path;
+use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
 use adclick_client::{Client, TimeSpec, TopQuery};
 use adclick_tests::{adclick_path, adclickd_path, eventually};
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Child;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn adclick_dev_starts_serves_and_stops_on_ctrl_c() {
@@ -17,25 +19,11 @@ async fn adclick_dev_starts_serves_and_stops_on_ctrl_c() {
         .await
         .expect("the cluster slot");
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut child = tokio::process::Command::new(adclick_path().expect("adclick is built"))
-        .args([
-            "--json",
-            "dev",
-            "--rate",
-            "500",
-            "--duration",
-            "120",
-            "--data-dir",
-        ])
-        .arg(dir.path().join("dev"))
-        .arg("--adclickd")
-        .arg(adclickd_path().expect("adclickd is built"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("adclick dev starts");
+    let mut child = spawn_dev(
+        &["--json", "dev", "--rate", "500", "--duration", "120"],
+        &dir.path().join("dev"),
+        Stdio::piped(),
+    );
     let mut stdout = BufReader::new(child.stdout.take().expect("stdout")).lines();
 
     // The first JSON line names the nodes, once the cluster has leaders.
@@ -84,17 +72,7 @@ async fn adclick_dev_starts_serves_and_stops_on_ctrl_c() {
         "the demo filters are registered"
     );
 
-    // Ctrl-C: SIGINT to adclick alone (its nodes run in their own process group).
-    let pid = child.id().expect("adclick dev is running");
-    let sent = std::process::Command::new("kill")
-        .args(["-INT", &pid.to_string()])
-        .status()
-        .expect("kill runs");
-    assert!(sent.success());
-    let status = tokio::time::timeout(Duration::from_secs(60), child.wait())
-        .await
-        .expect("adclick dev stops within 60 s of Ctrl-C")
-        .expect("wait for adclick dev");
+    let status = ctrl_c(&mut child).await;
     let mut stderr = String::new();
     if let Some(mut e) = child.stderr.take() {
         use tokio::io::AsyncReadExt;
@@ -131,17 +109,7 @@ async fn ctrl_c_during_startup_leaves_no_node_running() {
         .expect("the cluster slot");
     let dir = tempfile::tempdir().expect("temp dir");
     let data = dir.path().join("dev-early");
-    let mut child = tokio::process::Command::new(adclick_path().expect("adclick is built"))
-        .args(["dev", "--rate", "0", "--data-dir"])
-        .arg(&data)
-        .arg("--adclickd")
-        .arg(adclickd_path().expect("adclickd is built"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("adclick dev starts");
+    let mut child = spawn_dev(&["dev", "--rate", "0"], &data, Stdio::null());
     let mut stderr = BufReader::new(child.stderr.take().expect("stderr")).lines();
     let started = tokio::time::timeout(Duration::from_secs(30), async {
         while let Ok(Some(line)) = stderr.next_line().await {
@@ -154,16 +122,7 @@ async fn ctrl_c_during_startup_leaves_no_node_running() {
     .await
     .expect("adclick dev starts its nodes within 30 s");
     assert!(started, "adclick dev said it started its nodes");
-    let pid = child.id().expect("adclick dev is running");
-    let sent = std::process::Command::new("kill")
-        .args(["-INT", &pid.to_string()])
-        .status()
-        .expect("kill runs");
-    assert!(sent.success());
-    let status = tokio::time::timeout(Duration::from_secs(60), child.wait())
-        .await
-        .expect("adclick dev stops within 60 s of Ctrl-C")
-        .expect("wait for adclick dev");
+    let status = ctrl_c(&mut child).await;
     assert!(
         status.success(),
         "adclick dev exits 0 when interrupted early: {status}"
@@ -178,4 +137,35 @@ async fn ctrl_c_during_startup_leaves_no_node_running() {
         "adclickd processes left running: {}",
         String::from_utf8_lossy(&left.stdout)
     );
+}
+
+/// Starts `adclick ARGS --data-dir DATA --adclickd <built adclickd>`, stderr piped.
+fn spawn_dev(args: &[&str], data: &Path, stdout: Stdio) -> Child {
+    tokio::process::Command::new(adclick_path().expect("adclick is built"))
+        .args(args)
+        .arg("--data-dir")
+        .arg(data)
+        .arg("--adclickd")
+        .arg(adclickd_path().expect("adclickd is built"))
+        .stdin(Stdio::null())
+        .stdout(stdout)
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("adclick dev starts")
+}
+
+/// Ctrl-C: SIGINT to adclick alone (its nodes run in their own process group); waits at
+/// most 60 s for it to exit.
+async fn ctrl_c(child: &mut Child) -> ExitStatus {
+    let pid = child.id().expect("adclick dev is running");
+    let sent = std::process::Command::new("kill")
+        .args(["-INT", &pid.to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(sent.success());
+    tokio::time::timeout(Duration::from_secs(60), child.wait())
+        .await
+        .expect("adclick dev stops within 60 s of Ctrl-C")
+        .expect("wait for adclick dev")
 }
