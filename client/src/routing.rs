@@ -214,16 +214,12 @@ mod tests {
     use super::*;
 
     fn map(groups: u64) -> wire::ShardMap {
-        let width = u64::MAX / groups;
         wire::ShardMap {
             version: 1,
             groups: (0..groups)
                 .map(|i| wire::ShardRoute {
                     group_id: i + 1,
-                    key_range: Some(wire::KeyRange {
-                        start: i * width,
-                        end: if i + 1 == groups { 0 } else { (i + 1) * width },
-                    }),
+                    key_range: Some(wire::KeyRange::of_group(i + 1, groups)),
                     leader: Some(wire::NodeAddr {
                         node_id: i % 3 + 1,
                         addr: format!("n{}:1", i % 3 + 1),

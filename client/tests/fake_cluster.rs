@@ -37,7 +37,6 @@ struct Node(Arc<Fake>);
 
 impl Node {
     fn map(&self) -> wire::ShardMap {
-        let third = u64::MAX / 3;
         let me = wire::NodeAddr {
             node_id: 1,
             addr: self.0.addr.clone(),
@@ -47,10 +46,7 @@ impl Node {
             groups: (0..3u64)
                 .map(|i| wire::ShardRoute {
                     group_id: i + 1,
-                    key_range: Some(wire::KeyRange {
-                        start: i * third,
-                        end: if i == 2 { 0 } else { (i + 1) * third },
-                    }),
+                    key_range: Some(wire::KeyRange::of_group(i + 1, 3)),
                     leader: Some(me.clone()),
                     members: vec![me.clone()],
                 })

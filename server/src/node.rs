@@ -86,23 +86,10 @@ pub fn now_ms() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
-/// The key range `[start, end)` (end 0 = 2^64) of data group `g` of `groups`.
-pub fn key_range(g: u64, groups: u64) -> wire::KeyRange {
-    let bound = |i: u64| -> u64 {
-        // ceil(i * 2^64 / groups), exact in u128. Rounding up makes a key's group exactly
-        // floor(key * groups / 2^64) + 1 (see `group_of_key`).
-        let n = u128::from(groups);
-        ((u128::from(i) << 64).div_ceil(n)) as u64
-    };
-    wire::KeyRange {
-        start: bound(g - 1),
-        end: if g == groups { 0 } else { bound(g) },
-    }
-}
-
 /// The data group owning shard key `key`.
 pub fn group_of_key(key: u64, groups: u64) -> u64 {
-    // floor(key * groups / 2^64) + 1. With bounds b(i) = ceil(i * 2^64 / groups), key >= b(i)
+    // floor(key * groups / 2^64) + 1. With the bounds b(i) = ceil(i * 2^64 / groups) of
+    // `wire::KeyRange::of_group`, key >= b(i)
     // exactly when key * groups >= i * 2^64, so this is the group whose range holds key.
     ((u128::from(key) * u128::from(groups)) >> 64) as u64 + 1
 }
@@ -851,7 +838,7 @@ mod tests {
         for groups in [1u64, 2, 3, 4, 7, 16] {
             let mut next = 0u128;
             for g in 1..=groups {
-                let r = key_range(g, groups);
+                let r = wire::KeyRange::of_group(g, groups);
                 assert_eq!(u128::from(r.start), next, "groups={groups} g={g}");
                 next = if r.end == 0 {
                     1 << 64

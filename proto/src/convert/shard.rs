@@ -81,6 +81,21 @@ impl wire::KeyRange {
         }
     }
 
+    /// The range of data group `g` (1-based) when the key space is cut into `groups` equal
+    /// ranges, the shard map of this release: `[ceil((g-1) * 2^64 / groups), ceil(g * 2^64
+    /// / groups))`, the last one ending at 2^64. Rounding up makes a key's group exactly
+    /// `floor(key * groups / 2^64) + 1`. `g` must be in `1..=groups`.
+    pub fn of_group(g: u64, groups: u64) -> wire::KeyRange {
+        let bound = |i: u64| -> u64 {
+            // Exact in u128; at most 2^64 - 1 for i < groups.
+            ((u128::from(i) << 64).div_ceil(u128::from(groups))) as u64
+        };
+        wire::KeyRange {
+            start: bound(g - 1),
+            end: if g == groups { 0 } else { bound(g) },
+        }
+    }
+
     /// Whether `key` lies in `[start, end)`.
     pub fn contains(&self, key: u64) -> bool {
         key >= self.start && u128::from(key) < self.end_exclusive()

@@ -17,7 +17,7 @@ use openraft::ServerState;
 
 use crate::error::{Error, Result};
 use crate::group::{Group, Proposal};
-use crate::node::{key_range, Node, META_GROUP, SHARD_MAP_VERSION};
+use crate::node::{Node, META_GROUP, SHARD_MAP_VERSION};
 
 /// How long after its last successful call a peer still counts as serving.
 const PEER_FRESH: Duration = Duration::from_secs(3);
@@ -100,7 +100,7 @@ fn group_status(node: &Node, g: &Group) -> wire::GroupStatus {
     let applied = m.last_applied.map_or(0, |a| a.index);
     wire::GroupStatus {
         group_id: g.id,
-        key_range: (g.id != META_GROUP).then(|| key_range(g.id, node.config.groups)),
+        key_range: (g.id != META_GROUP).then(|| wire::KeyRange::of_group(g.id, node.config.groups)),
         leader_id: m.current_leader,
         term: m.current_term,
         members,
@@ -134,7 +134,7 @@ pub fn shard_map(node: &Node) -> wire::ShardMap {
                 .collect();
             wire::ShardRoute {
                 group_id: g.id,
-                key_range: Some(key_range(g.id, node.config.groups)),
+                key_range: Some(wire::KeyRange::of_group(g.id, node.config.groups)),
                 leader: g.leader().map(wire::NodeAddr::from),
                 members,
             }
