@@ -114,14 +114,14 @@ impl Model {
 
     fn click(&mut self, c: &Click, at: i64) -> Outcome {
         let t = c.event_time_ms;
-        if t > at + self.settings.max_future_skew_ms {
-            return Outcome::Rejected(RejectReason::FutureEvent);
-        }
         let floor = self.watermark.map(|w| w.div_euclid(MIN));
         if let Some(m) = self.dedup.get(c.event_id.as_bytes()) {
             if floor.is_none_or(|f| *m >= f) {
                 return Outcome::Duplicate;
             }
+        }
+        if t > at + self.settings.max_future_skew_ms {
+            return Outcome::Rejected(RejectReason::FutureEvent);
         }
         let minute = t.div_euclid(MIN);
         let ad = c.ad_id.to_string();

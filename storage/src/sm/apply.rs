@@ -10,12 +10,20 @@
 //!
 //! Per click, in batch order (the outcome is the first rule that fires):
 //! 1. a click that fails validation is `Rejected(Invalid)`;
-//! 2. `event_time > proposed_at + max_future_skew` is `Rejected(FutureEvent)`;
-//! 3. an id live in the dedup index is `Duplicate` (whatever event time the retry carries);
+//! 2. an id live in the dedup index is `Duplicate` (whatever event time the retry carries,
+//!    whichever leader's clock stamped the retry's entry);
+//! 3. `event_time > proposed_at + max_future_skew` is `Rejected(FutureEvent)`;
 //! 4. `event_time < W` is `Late`, tallied per (ad, minute), never counted;
 //! 5. otherwise `Accepted`: counted for the ad's minute and every matching filter, its id
 //!    enters the dedup index, and `W = max(W, max counted event time - allowed_lateness)`.
 //!    When W's minute rises, ids of the minutes below it expire.
+//!
+//! The dedup check comes before the future check because a retry is judged against the
+//! clock of whichever leader proposes it: a click counted under one leader, whose answer
+//! was lost, may be retried through a new leader whose clock is behind. Checked the other
+//! way round, that retry would be answered "rejected" (not counted) for a counted click.
+//! Neither rule changes the state, so the order decides only the answer, never a stored
+//! byte: replicas and replays of logs applied before the change agree either way.
 
 use std::collections::BTreeMap;
 
@@ -243,13 +251,13 @@ impl ApplyState {
         if c.validate().is_err() {
             return Outcome::Rejected(RejectReason::Invalid);
         }
-        let t = c.event_time_ms;
-        if t > proposed_at_ms.saturating_add(self.settings.max_future_skew_ms) {
-            return Outcome::Rejected(RejectReason::FutureEvent);
-        }
         let id = c.event_id.as_bytes();
         if self.dedup.lookup(id).is_some() {
             return Outcome::Duplicate;
+        }
+        let t = c.event_time_ms;
+        if t > proposed_at_ms.saturating_add(self.settings.max_future_skew_ms) {
+            return Outcome::Rejected(RejectReason::FutureEvent);
         }
         let minute = c.minute();
         if self.clock.is_some_and(|k| t < k.watermark_ms) {
@@ -421,6 +429,32 @@ mod tests {
                 .sum::<u64>(),
             1
         );
+    }
+
+    #[test]
+    fn a_retry_through_a_leader_with_a_slower_clock_is_a_duplicate_not_rejected() {
+        // The click is accepted in an entry one leader stamped at `at`; its answer is lost
+        // and the retry reaches a new leader whose clock is behind by twice the skew. The
+        // retry must be told "already counted", never "not counted".
+        let (mut s, mut p) = (ApplyState::default(), Pending::default());
+        let at = 100 * MIN;
+        let t = at + s.settings.max_future_skew_ms;
+        assert_eq!(
+            ingest(&mut s, &mut p, at, vec![click("a", "x", t)]),
+            [Outcome::Accepted]
+        );
+        let behind = at - 2 * s.settings.max_future_skew_ms;
+        assert_eq!(
+            ingest(&mut s, &mut p, behind, vec![click("a", "x", t)]),
+            [Outcome::Duplicate]
+        );
+        let counted: u64 = p
+            .counts
+            .values()
+            .flat_map(|m| m.values())
+            .map(|d| d.all)
+            .sum();
+        assert_eq!(counted, 1, "counted once");
     }
 
     #[test]
