@@ -31,6 +31,11 @@ pub struct Config {
     pub http: SocketAddr,
     /// Every initial member: node id → the gRPC address the others dial.
     pub peers: BTreeMap<u64, String>,
+    /// Where this node dials some peers instead of their `peers` address (a proxy, a
+    /// tunnel, NAT): node id → HOST:PORT. Only this node's outgoing connections change;
+    /// the membership, leader hints, the shard map and ClusterStatus keep the `peers`
+    /// addresses. Each id is another member (never this node).
+    pub peer_routes: BTreeMap<u64, String>,
     /// Data groups (the metadata group 0 comes on top).
     pub groups: u64,
     /// Raft heartbeat interval, ms.
@@ -75,6 +80,10 @@ pub struct Flags {
     /// All initial members, this node included: `1=HOST:PORT,2=HOST:PORT,3=HOST:PORT`.
     #[arg(long, value_name = "ID=HOST:PORT,...")]
     pub peers: Option<String>,
+    /// Dial peer ID at HOST:PORT instead of its --peers address (a proxy, tunnel or NAT);
+    /// the membership keeps the --peers address. Same form as --peers; only other members.
+    #[arg(long, value_name = "ID=HOST:PORT,...")]
+    pub peer_route: Option<String>,
     /// Number of data groups [default: 4].
     #[arg(long, value_name = "G")]
     pub groups: Option<u64>,
@@ -115,6 +124,8 @@ struct FileConfig {
     http: Option<SocketAddr>,
     /// Either the flag's string form or a table `{ 1 = "host:port", ... }`.
     peers: Option<PeersValue>,
+    /// Same forms as `peers`.
+    peer_route: Option<PeersValue>,
     groups: Option<u64>,
     raft_heartbeat_ms: Option<u64>,
     raft_election_timeout_ms: Option<u64>,
@@ -142,35 +153,70 @@ fn err<T>(msg: impl Into<String>) -> Result<T, ConfigError> {
     Err(ConfigError(msg.into()))
 }
 
-/// Parses `1=host:port,2=host:port`.
+/// Parses `1=host:port,2=host:port` (the form of `--peers`).
 pub fn parse_peers(text: &str) -> Result<BTreeMap<u64, String>, ConfigError> {
-    let mut peers = BTreeMap::new();
+    parse_id_map(text, "peer")
+}
+
+/// Parses `--peer-route`: the form of `--peers`.
+pub fn parse_peer_routes(text: &str) -> Result<BTreeMap<u64, String>, ConfigError> {
+    parse_id_map(text, "peer route")
+}
+
+/// Parses `ID=HOST:PORT,...`; `what` names an item in errors.
+fn parse_id_map(text: &str, what: &str) -> Result<BTreeMap<u64, String>, ConfigError> {
+    let mut map = BTreeMap::new();
     for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let Some((id, addr)) = part.split_once('=') else {
-            return err(format!("peer {part:?}: expected ID=HOST:PORT"));
+            return err(format!("{what} {part:?}: expected ID=HOST:PORT"));
         };
-        let id = parse_peer_id(id)?;
-        insert_peer(&mut peers, id, addr.trim())?;
+        let id = parse_peer_id(id, what)?;
+        insert_addr(&mut map, id, addr.trim(), what)?;
     }
-    Ok(peers)
+    Ok(map)
 }
 
-fn parse_peer_id(id: &str) -> Result<u64, ConfigError> {
+/// The map a `peers`-like key of the file or its flag gives: the flag wins; `None` when
+/// neither is set.
+fn resolve_id_map(
+    flag: Option<String>,
+    file: Option<PeersValue>,
+    what: &str,
+) -> Result<Option<BTreeMap<u64, String>>, ConfigError> {
+    Ok(Some(match (flag, file) {
+        (Some(text), _) | (None, Some(PeersValue::Text(text))) => parse_id_map(&text, what)?,
+        (None, Some(PeersValue::Table(table))) => {
+            let mut map = BTreeMap::new();
+            for (id, addr) in table {
+                insert_addr(&mut map, parse_peer_id(&id, what)?, &addr, what)?;
+            }
+            map
+        }
+        (None, None) => return Ok(None),
+    }))
+}
+
+fn parse_peer_id(id: &str, what: &str) -> Result<u64, ConfigError> {
     match id.trim().parse::<u64>() {
         Ok(n) if n > 0 => Ok(n),
-        _ => err(format!("peer id {id:?}: expected a positive integer")),
+        _ => err(format!("{what} id {id:?}: expected a positive integer")),
     }
 }
 
-fn insert_peer(peers: &mut BTreeMap<u64, String>, id: u64, addr: &str) -> Result<(), ConfigError> {
+fn insert_addr(
+    map: &mut BTreeMap<u64, String>,
+    id: u64,
+    addr: &str,
+    what: &str,
+) -> Result<(), ConfigError> {
     let valid = addr
         .rsplit_once(':')
         .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
     if !valid {
-        return err(format!("peer {id}: address {addr:?} is not HOST:PORT"));
+        return err(format!("{what} {id}: address {addr:?} is not HOST:PORT"));
     }
-    if peers.insert(id, addr.to_owned()).is_some() {
-        return err(format!("peer {id} is listed twice"));
+    if map.insert(id, addr.to_owned()).is_some() {
+        return err(format!("{what} {id} is listed twice"));
     }
     Ok(())
 }
@@ -182,17 +228,11 @@ impl Config {
             Some(path) => read_file(path)?,
             None => FileConfig::default(),
         };
-        let peers = match (flags.peers, file.peers) {
-            (Some(text), _) | (None, Some(PeersValue::Text(text))) => parse_peers(&text)?,
-            (None, Some(PeersValue::Table(table))) => {
-                let mut peers = BTreeMap::new();
-                for (id, addr) in table {
-                    insert_peer(&mut peers, parse_peer_id(&id)?, &addr)?;
-                }
-                peers
-            }
-            (None, None) => return err("--peers is required (e.g. 1=127.0.0.1:7401,...)"),
+        let Some(peers) = resolve_id_map(flags.peers, file.peers, "peer")? else {
+            return err("--peers is required (e.g. 1=127.0.0.1:7401,...)");
         };
+        let peer_routes =
+            resolve_id_map(flags.peer_route, file.peer_route, "peer route")?.unwrap_or_default();
         let Some(node_id) = flags.node_id.or(file.node_id) else {
             return err("--node-id is required");
         };
@@ -211,6 +251,7 @@ impl Config {
             listen,
             http,
             peers,
+            peer_routes,
             groups: flags.groups.or(file.groups).unwrap_or(DEFAULT_GROUPS),
             raft_heartbeat_ms: flags
                 .raft_heartbeat_ms
@@ -257,6 +298,18 @@ impl Config {
                     .collect::<Vec<_>>()
                     .join(", ")
             ));
+        }
+        for id in self.peer_routes.keys() {
+            if *id == self.node_id {
+                return err(format!(
+                    "--peer-route {id}: a node never dials itself; route only other members"
+                ));
+            }
+            if !self.peers.contains_key(id) {
+                return err(format!(
+                    "--peer-route {id}: node {id} is not one of --peers"
+                ));
+            }
         }
         if !(1..=MAX_GROUPS).contains(&self.groups) {
             return err(format!("--groups must be 1 to {MAX_GROUPS}"));
@@ -384,6 +437,75 @@ mod tests {
         f.node_id = Some(9);
         let e = Config::resolve(f).expect_err("not a peer");
         assert!(e.0.contains("not one of --peers"), "{e}");
+    }
+
+    #[test]
+    fn peer_routes_parse_and_default_to_none() {
+        assert!(Config::resolve(flags())
+            .expect("valid")
+            .peer_routes
+            .is_empty());
+        let mut f = flags();
+        f.peer_route = Some("1=127.0.0.1:9401, 3=proxy.local:9403".into());
+        let c = Config::resolve(f).expect("valid");
+        assert_eq!(
+            c.peer_routes,
+            BTreeMap::from([
+                (1, "127.0.0.1:9401".to_owned()),
+                (3, "proxy.local:9403".to_owned())
+            ])
+        );
+        assert_eq!(
+            c.peers[&1], "127.0.0.1:7401",
+            "the membership keeps the canonical address"
+        );
+        assert_eq!(c.advertised_addr(), "127.0.0.1:7402");
+    }
+
+    #[test]
+    fn bad_peer_routes_are_refused_with_the_reason() {
+        for (text, want) in [
+            (
+                "1=127.0.0.1:9401,1=127.0.0.1:9402",
+                "peer route 1 is listed twice",
+            ),
+            ("x=127.0.0.1:9401", "positive integer"),
+            ("1=127.0.0.1", "HOST:PORT"),
+            ("1=:9401", "HOST:PORT"),
+            ("1", "ID=HOST:PORT"),
+            ("2=127.0.0.1:9402", "never dials itself"),
+            ("9=127.0.0.1:9409", "not one of --peers"),
+        ] {
+            let mut f = flags();
+            f.peer_route = Some(text.into());
+            let e = Config::resolve(f).expect_err(text);
+            assert!(e.0.contains(want), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn file_peer_routes_take_both_forms_and_the_flag_wins() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("node.toml");
+        let base = "node_id = 1\ndata_dir = \"/data\"\nlisten = \"127.0.0.1:1\"\n\
+                    http = \"127.0.0.1:2\"\npeers = \"1=127.0.0.1:1,2=127.0.0.1:3\"\n";
+        let resolve = |extra: &str, flag: Option<&str>| {
+            std::fs::write(&path, format!("{base}{extra}")).expect("write");
+            Config::resolve(Flags {
+                config: Some(path.clone()),
+                peer_route: flag.map(str::to_owned),
+                ..Flags::default()
+            })
+        };
+        let c = resolve("peer_route = \"2=127.0.0.1:9\"\n", None).expect("text form");
+        assert_eq!(c.peer_routes[&2], "127.0.0.1:9");
+        let c = resolve("[peer_route]\n2 = \"127.0.0.1:8\"\n", None).expect("table form");
+        assert_eq!(c.peer_routes[&2], "127.0.0.1:8");
+        let c =
+            resolve("[peer_route]\n2 = \"127.0.0.1:8\"\n", Some("2=127.0.0.1:7")).expect("flag");
+        assert_eq!(c.peer_routes[&2], "127.0.0.1:7", "the flag wins");
+        let e = resolve("[peer_route]\n1 = \"127.0.0.1:8\"\n", None).expect_err("self");
+        assert!(e.0.contains("never dials itself"), "{e}");
     }
 
     #[test]

@@ -114,7 +114,10 @@ impl Node {
         std::fs::create_dir_all(&config.data_dir)?;
         check_identity(&config)?;
         let db = open_db(&config.db_dir())?;
-        let peers = Arc::new(Peers::new(config.node_id));
+        if !config.peer_routes.is_empty() {
+            tracing::info!(routes = ?config.peer_routes, "dialing these peers through routes");
+        }
+        let peers = Arc::new(Peers::new(config.node_id, config.peer_routes.clone()));
         let raft_config = raft_config(&config)?;
         let mut groups = BTreeMap::new();
         for g in 0..=config.groups {

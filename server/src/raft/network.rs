@@ -6,8 +6,14 @@
 //! snapshot file; every call names its target node so a reused address never delivers
 //! one node's traffic to another. Transport failures become openraft's `Unreachable`
 //! (back off) or `NetworkError` (retry); a remote answer is never invented.
+//!
+//! Every node-to-node connection of the server (Raft RPCs, forwarded ingest and admin
+//! calls, raw segment fetches, health and configuration probes) is made by
+//! [`Peers::channel`], so a peer route (`--peer-route`: dial a peer through a proxy,
+//! tunnel or NAT) applies to all of them. A route changes only where this node dials;
+//! the address a caller passes (from the membership or a leader hint) stays canonical.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -54,15 +60,20 @@ pub struct PeerSeen {
 #[derive(Debug)]
 pub struct Peers {
     me: u64,
+    /// Node id → the address dialed instead of the one callers pass (`--peer-route`).
+    routes: BTreeMap<u64, String>,
+    /// Node id → the address dialed and its channel.
     channels: Mutex<HashMap<u64, (String, Channel)>>,
     seen: Mutex<HashMap<u64, PeerSeen>>,
 }
 
 impl Peers {
-    /// An empty pool for node `me`.
-    pub fn new(me: u64) -> Self {
+    /// An empty pool for node `me` that dials node `id` at `routes[id]` when there is
+    /// such a route, whatever address a caller names.
+    pub fn new(me: u64, routes: BTreeMap<u64, String>) -> Self {
         Peers {
             me,
+            routes,
             channels: Mutex::new(HashMap::new()),
             seen: Mutex::new(HashMap::new()),
         }
@@ -73,17 +84,23 @@ impl Peers {
         self.me
     }
 
-    /// The channel to node `id` at `addr`, created (not connected) on first use; a changed
-    /// address replaces it.
+    /// Where node `id`, known at `addr`, is dialed: its route if it has one, else `addr`.
+    pub fn dial_addr<'a>(&'a self, id: u64, addr: &'a str) -> &'a str {
+        self.routes.get(&id).map_or(addr, String::as_str)
+    }
+
+    /// The channel to node `id` at `addr` (dialed at its route if it has one), created
+    /// (not connected) on first use; a changed address replaces it.
     pub fn channel(&self, id: u64, addr: &str) -> Channel {
+        let dial = self.dial_addr(id, addr);
         let mut map = self.channels.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((a, ch)) = map.get(&id) {
-            if a == addr {
+            if a == dial {
                 return ch.clone();
             }
         }
-        let ch = endpoint(addr).connect_lazy();
-        map.insert(id, (addr.to_owned(), ch.clone()));
+        let ch = endpoint(dial).connect_lazy();
+        map.insert(id, (dial.to_owned(), ch.clone()));
         ch
     }
 
@@ -425,5 +442,43 @@ impl Conn {
 impl NetBackoff<TypeConfig> for Conn {
     fn backoff(&self) -> Option<Backoff> {
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_routed_peer_is_dialed_at_its_route_whatever_address_is_named() {
+        let peers = Peers::new(1, BTreeMap::from([(2, "127.0.0.1:9402".to_owned())]));
+        assert_eq!(peers.dial_addr(2, "10.0.0.2:7402"), "127.0.0.1:9402");
+        assert_eq!(peers.dial_addr(2, "10.9.9.9:1"), "127.0.0.1:9402");
+        assert_eq!(peers.dial_addr(3, "10.0.0.3:7403"), "10.0.0.3:7403");
+    }
+
+    /// A call to a routed peer reaches the route's listener, not the named address.
+    #[tokio::test]
+    async fn a_call_to_a_routed_peer_connects_to_the_route() {
+        use tonic_health::pb::health_client::HealthClient;
+        use tonic_health::pb::HealthCheckRequest;
+        let route = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let route_addr = route.local_addr().expect("addr").to_string();
+        // Port 1 on localhost refuses connections: reaching it would fail the call at once.
+        let peers = Peers::new(1, BTreeMap::from([(2, route_addr)]));
+        let mut client = HealthClient::new(peers.channel(2, "127.0.0.1:1"));
+        let call = tokio::spawn(async move {
+            let mut req = tonic::Request::new(HealthCheckRequest::default());
+            req.set_timeout(Duration::from_secs(5));
+            client.check(req).await
+        });
+        let accepted = tokio::time::timeout(Duration::from_secs(5), route.accept()).await;
+        assert!(
+            matches!(accepted, Ok(Ok(_))),
+            "the route's listener got the connection"
+        );
+        call.abort();
     }
 }
