@@ -295,11 +295,14 @@ fn run(seed: u64) {
         got_a.extend(a.apply_entries([e.clone()]).expect("apply a"));
     }
     // B: random splits, tiny commit batches, nothing final kept in memory.
+    // With the `fault-injection` feature SmOptions has one more field, left at its default.
+    #[allow(clippy::needless_update)]
     let opts_b = SmOptions {
         keep_final_minutes: 0,
         max_pending_clicks: 7,
         install_batch_records: 3,
         expected_ads: 100,
+        ..SmOptions::default()
     };
     let mut b = open(dirs[1].path(), opts_b.clone());
     let mut got_b = Vec::new();

@@ -18,6 +18,9 @@
 //!    enters the dedup index, and `W = max(W, max counted event time - allowed_lateness)`.
 //!    When W's minute rises, ids of the minutes below it expire.
 //!
+//! With the `fault-injection` feature, `SmOptions::fault_no_dedup` makes rule 2 never
+//! fire (a deliberately broken build for the fault suite's checker).
+//!
 //! The dedup check comes before the future check because a retry is judged against the
 //! clock of whichever leader proposes it: a click counted under one leader, whose answer
 //! was lost, may be retried through a new leader whose clock is behind. Checked the other
@@ -205,6 +208,9 @@ pub struct ApplyState {
     pub filters: Vec<ActiveFilter>,
     /// Ids counted in open minutes.
     pub dedup: DedupIndex,
+    /// Fault injection ([`super::SmOptions::fault_no_dedup`]): rule 2 never fires.
+    #[cfg(feature = "fault-injection")]
+    pub fault_no_dedup: bool,
 }
 
 impl ApplyState {
@@ -252,7 +258,8 @@ impl ApplyState {
             return Outcome::Rejected(RejectReason::Invalid);
         }
         let id = c.event_id.as_bytes();
-        if self.dedup.lookup(id).is_some() {
+        let seen = self.dedup.lookup(id).is_some();
+        if seen && !self.no_dedup_fault() {
             return Outcome::Duplicate;
         }
         let t = c.event_time_ms;
@@ -264,7 +271,10 @@ impl ApplyState {
             *p.late.entry((c.ad_id.clone(), minute)).or_insert(0) += 1;
             return Outcome::Late;
         }
-        self.dedup.insert(id, minute);
+        if !seen {
+            // Only a fault-injected build counts a live id again; the index keeps one entry.
+            self.dedup.insert(id, minute);
+        }
         p.dedup.push(index, minute, id);
         let per_ad = p.counts.entry(minute).or_default();
         let delta = match per_ad.get_mut(c.ad_id.as_bytes()) {
@@ -278,6 +288,14 @@ impl ApplyState {
         let max_event_ms = self.clock.map_or(t, |k| k.max_event_ms.max(t));
         self.set_clock(max_event_ms, p);
         Outcome::Accepted
+    }
+
+    /// Whether the no-dedup fault is switched on (never, without the feature).
+    fn no_dedup_fault(&self) -> bool {
+        #[cfg(feature = "fault-injection")]
+        return self.fault_no_dedup;
+        #[cfg(not(feature = "fault-injection"))]
+        false
     }
 
     /// Recomputes the watermark from the newest counted event and the lateness; it never
@@ -455,6 +473,36 @@ mod tests {
             .map(|d| d.all)
             .sum();
         assert_eq!(counted, 1, "counted once");
+    }
+
+    #[cfg(feature = "fault-injection")]
+    #[test]
+    fn the_no_dedup_fault_counts_a_retry_again() {
+        let mut s = ApplyState {
+            fault_no_dedup: true,
+            ..ApplyState::default()
+        };
+        let mut p = Pending::default();
+        let at = 100 * MIN;
+        let out = ingest(
+            &mut s,
+            &mut p,
+            at,
+            vec![
+                click("a", "x", at),
+                click("a", "x", at),
+                click("a", "x", at),
+            ],
+        );
+        assert_eq!(out, [Outcome::Accepted; 3]);
+        let counted: u64 = p
+            .counts
+            .values()
+            .flat_map(|m| m.values())
+            .map(|d| d.all)
+            .sum();
+        assert_eq!(counted, 3, "every copy counted");
+        assert_eq!(s.dedup.len(), 1, "the index keeps one entry per id");
     }
 
     #[test]

@@ -52,6 +52,10 @@ pub struct SmOptions {
     /// intern table so that its growth never stalls queries; 0 lets it grow on demand,
     /// costing one stall per doubling while a group warms up.
     pub expected_ads: usize,
+    /// Fault injection: apply's dedup lookup never finds an id, so a retried or duplicated
+    /// click is counted again. Only for the fault suite's deliberately broken builds.
+    #[cfg(feature = "fault-injection")]
+    pub fault_no_dedup: bool,
 }
 
 impl Default for SmOptions {
@@ -61,6 +65,8 @@ impl Default for SmOptions {
             max_pending_clicks: 1000,
             install_batch_records: 50_000,
             expected_ads: 0,
+            #[cfg(feature = "fault-injection")]
+            fault_no_dedup: false,
         }
     }
 }
@@ -537,6 +543,10 @@ impl StateMachine {
         let (db, keys, cf) = (&*sh.db, sh.keys, sh.cf()?);
         let bad = |m: format::Malformed| sh.corrupt(m.0);
         let mut st = ApplyState::default();
+        #[cfg(feature = "fault-injection")]
+        {
+            st.fault_no_dedup = self.opts.fault_no_dedup;
+        }
         let mut live = Live::empty();
         live.counters.reserve_ads(self.opts.expected_ads);
         if let Some(v) = sh.get(cf, &keys.meta(meta::APPLIED))? {
