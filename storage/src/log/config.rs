@@ -32,6 +32,12 @@ pub struct LogConfig {
     /// Cap on the bytes of entries one replication read returns (at least one entry is
     /// always returned). Default [`DEFAULT_MAX_READ_BYTES`].
     pub max_read_bytes: usize,
+    /// Fault injection: the group-commit flusher reports appends durable without calling
+    /// fsync (it calls [`super::LogFile::sync_skipped`] instead). Other fsyncs (seals,
+    /// cuts, new files, the meta file) still happen. Default `false`; only for the fault
+    /// suite's deliberately broken builds.
+    #[cfg(feature = "fault-injection")]
+    pub fault_skip_fsync: bool,
 }
 
 impl LogConfig {
@@ -44,6 +50,8 @@ impl LogConfig {
             archive_dir: None,
             recovery: RecoveryMode::Strict,
             max_read_bytes: DEFAULT_MAX_READ_BYTES,
+            #[cfg(feature = "fault-injection")]
+            fault_skip_fsync: false,
         }
     }
 }

@@ -275,4 +275,9 @@ impl LogFile for FaultyFile {
     fn size(&self) -> io::Result<u64> {
         self.inner.size()
     }
+
+    #[cfg(feature = "fault-injection")]
+    fn sync_skipped(&self) {
+        self.inner.sync_skipped();
+    }
 }

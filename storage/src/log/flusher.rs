@@ -15,6 +15,10 @@
 //! - After an fsync fails nothing is trusted any more (the page cache may have dropped the
 //!   dirty pages): every pending and later callback gets the error, and so does every later
 //!   write; the node must restart and recover from what is on disk.
+//!
+//! With the `fault-injection` feature, [`Flusher::skip_fsync`] makes the thread report
+//! writes durable without fsyncing them (a deliberately broken build for the fault
+//! suite); the first invariant then no longer holds, which is the point.
 
 use std::collections::VecDeque;
 use std::io;
@@ -57,6 +61,9 @@ struct State {
     shutdown: bool,
     /// Fsyncs issued by the flusher thread (for metrics).
     rounds: u64,
+    /// Fault injection: report writes durable without fsyncing them.
+    #[cfg(feature = "fault-injection")]
+    skip_fsync: bool,
 }
 
 impl std::fmt::Debug for State {
@@ -116,6 +123,8 @@ impl Flusher {
                 failed: None,
                 shutdown: false,
                 rounds: 0,
+                #[cfg(feature = "fault-injection")]
+                skip_fsync: false,
             }),
             work: Condvar::new(),
             progress: Condvar::new(),
@@ -157,6 +166,13 @@ impl Flusher {
         drop(st);
         self.shared.work.notify_one();
         seq
+    }
+
+    /// Fault injection: from now on, rounds report writes durable without fsyncing them
+    /// (calling [`LogFile::sync_skipped`] instead).
+    #[cfg(feature = "fault-injection")]
+    pub(crate) fn skip_fsync(&self, skip: bool) {
+        self.lock().skip_fsync = skip;
     }
 
     /// Sequence number of the last registered write.
@@ -233,7 +249,17 @@ fn run(shared: &Shared) {
         let target = st.written;
         let file = Arc::clone(&st.active);
         st.rounds += 1;
+        #[cfg(feature = "fault-injection")]
+        let skip = st.skip_fsync;
         drop(st);
+        #[cfg(feature = "fault-injection")]
+        let res = if skip {
+            file.sync_skipped();
+            Ok(())
+        } else {
+            file.sync_data()
+        };
+        #[cfg(not(feature = "fault-injection"))]
         let res = file.sync_data();
         st = shared.state.lock().unwrap_or_else(PoisonError::into_inner);
         match res {

@@ -44,6 +44,13 @@ pub trait LogFile: Send + Sync + fmt::Debug {
     /// Current size in bytes.
     fn size(&self) -> io::Result<u64>;
 
+    /// Fault injection: the flusher was told to skip the fsync of this file
+    /// ([`super::LogConfig::fault_skip_fsync`]) and reports its writes durable anyway. A
+    /// file system emulating the page cache ([`super::crash::CrashFs`]) lets older
+    /// writes reach the disk here, as the OS's writeback would; others do nothing.
+    #[cfg(feature = "fault-injection")]
+    fn sync_skipped(&self) {}
+
     /// Reads exactly `buf.len()` bytes at `offset`; a short file is `UnexpectedEof`.
     fn read_exact_at(&self, mut buf: &mut [u8], mut offset: u64) -> io::Result<()> {
         while !buf.is_empty() {

@@ -65,9 +65,13 @@
 //! # Testing
 //!
 //! All disk I/O goes through [`FileSystem`]; [`FaultyFs`] counts, holds, fails or tears
-//! writes and fsyncs.
+//! writes and fsyncs. With the `fault-injection` feature, `crash` journals what a power
+//! loss would keep of each file, for the fault suite, and `LogConfig::fault_skip_fsync`
+//! makes group commit skip its fsyncs.
 
 mod config;
+#[cfg(feature = "fault-injection")]
+pub mod crash;
 pub mod fault;
 mod flusher;
 pub mod format;

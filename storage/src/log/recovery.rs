@@ -109,6 +109,11 @@ pub(crate) fn open(config: LogConfig, fs: Arc<dyn FileSystem>) -> Result<Shared>
         .and_then(|s| s.file.clone())
         .expect("the segment being written is open");
     let flusher = Flusher::start(active).map_err(|e| Error::io("starting the log flusher", e))?;
+    #[cfg(feature = "fault-injection")]
+    if config.fault_skip_fsync {
+        tracing::warn!(dir = %dir.display(), "FAULT INJECTION: this log's group commit skips fsync");
+        flusher.skip_fsync(true);
+    }
     let inner = Inner {
         segments,
         vote: meta.vote,

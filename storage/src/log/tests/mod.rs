@@ -3,6 +3,8 @@
 
 mod basic;
 mod crafted;
+#[cfg(feature = "fault-injection")]
+mod crash;
 mod group_commit;
 mod import;
 mod lock;
