@@ -55,6 +55,51 @@ pub struct Config {
     pub max_batch_clicks: usize,
     /// How long a client request may wait for Raft (leader election, commit, apply), ms.
     pub request_timeout_ms: u64,
+    /// The fault switches (`--fault-*`), all off by default.
+    #[cfg(feature = "fault-injection")]
+    pub fault: FaultConfig,
+}
+
+/// The fault switches of a `fault-injection` build: deliberately broken behaviour for the
+/// fault suite, whose checker must be shown to catch it. `Default` is all off.
+#[cfg(feature = "fault-injection")]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FaultConfig {
+    /// Added to the time a leader stamps on the ingest entries it proposes, ms (its clock
+    /// is wrong); changeable at runtime (`POST /fault/clock-skew?ms=N`).
+    pub clock_skew_ms: i64,
+    /// The state machine's dedup lookup never finds an id: retries count again.
+    pub no_dedup: bool,
+    /// A leader answers the valid clicks of an ingest part `Accepted` as soon as it hands
+    /// the entry to Raft, without waiting for commit or apply.
+    pub ack_before_commit: bool,
+    /// The logs' group commit reports appends durable without fsync.
+    pub skip_fsync: bool,
+    /// The logs keep a crash journal (`<data-dir>/fault-crash-journal`) so a harness can
+    /// emulate a power loss after a kill (`adclick_storage::log::crash::drop_unsynced`).
+    pub crash_journal: bool,
+}
+
+#[cfg(feature = "fault-injection")]
+impl FaultConfig {
+    /// The switches that are on, as their flags (for the startup warning).
+    pub fn active(&self) -> Vec<String> {
+        let mut on = Vec::new();
+        if self.clock_skew_ms != 0 {
+            on.push(format!("--fault-clock-skew-ms {}", self.clock_skew_ms));
+        }
+        for (set, flag) in [
+            (self.no_dedup, "--fault-no-dedup"),
+            (self.ack_before_commit, "--fault-ack-before-commit"),
+            (self.skip_fsync, "--fault-skip-fsync"),
+            (self.crash_journal, "--fault-crash-journal"),
+        ] {
+            if set {
+                on.push(flag.to_owned());
+            }
+        }
+        on
+    }
 }
 
 /// Command-line flags of `adclickd`. Each may also be set in the `--config` file under the
@@ -112,6 +157,30 @@ pub struct Flags {
     /// How long a request may wait for Raft, ms [default: 10000].
     #[arg(long, value_name = "MS")]
     pub request_timeout_ms: Option<u64>,
+    /// FAULT INJECTION: a leader adds MS to the time it stamps on ingest entries (its clock
+    /// is wrong); also `POST /fault/clock-skew?ms=N` [default: 0].
+    #[cfg(feature = "fault-injection")]
+    #[arg(long, value_name = "MS", allow_negative_numbers = true)]
+    pub fault_clock_skew_ms: Option<i64>,
+    /// FAULT INJECTION: the state machine never finds an event id in its dedup index, so
+    /// retried and duplicated clicks are counted again.
+    #[cfg(feature = "fault-injection")]
+    #[arg(long)]
+    pub fault_no_dedup: bool,
+    /// FAULT INJECTION: a leader answers clicks ACCEPTED once the entry is handed to Raft,
+    /// before commit and apply.
+    #[cfg(feature = "fault-injection")]
+    #[arg(long)]
+    pub fault_ack_before_commit: bool,
+    /// FAULT INJECTION: the logs' group commit reports appends durable without fsync.
+    #[cfg(feature = "fault-injection")]
+    #[arg(long)]
+    pub fault_skip_fsync: bool,
+    /// FAULT INJECTION: journal what a power loss would keep of the log files
+    /// (`<data-dir>/fault-crash-journal`), for a harness to emulate one after a kill.
+    #[cfg(feature = "fault-injection")]
+    #[arg(long)]
+    pub fault_crash_journal: bool,
 }
 
 /// The `--config` file: the same keys as the flags.
@@ -135,6 +204,16 @@ struct FileConfig {
     max_inflight_clicks: Option<usize>,
     max_batch_clicks: Option<usize>,
     request_timeout_ms: Option<u64>,
+    #[cfg(feature = "fault-injection")]
+    fault_clock_skew_ms: Option<i64>,
+    #[cfg(feature = "fault-injection")]
+    fault_no_dedup: Option<bool>,
+    #[cfg(feature = "fault-injection")]
+    fault_ack_before_commit: Option<bool>,
+    #[cfg(feature = "fault-injection")]
+    fault_skip_fsync: Option<bool>,
+    #[cfg(feature = "fault-injection")]
+    fault_crash_journal: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -282,6 +361,20 @@ impl Config {
                 .request_timeout_ms
                 .or(file.request_timeout_ms)
                 .unwrap_or(10_000),
+            // A switch is on when its flag is given or the file turns it on.
+            #[cfg(feature = "fault-injection")]
+            fault: FaultConfig {
+                clock_skew_ms: flags
+                    .fault_clock_skew_ms
+                    .or(file.fault_clock_skew_ms)
+                    .unwrap_or(0),
+                no_dedup: flags.fault_no_dedup || file.fault_no_dedup.unwrap_or(false),
+                ack_before_commit: flags.fault_ack_before_commit
+                    || file.fault_ack_before_commit.unwrap_or(false),
+                skip_fsync: flags.fault_skip_fsync || file.fault_skip_fsync.unwrap_or(false),
+                crash_journal: flags.fault_crash_journal
+                    || file.fault_crash_journal.unwrap_or(false),
+            },
         };
         config.validate()?;
         Ok(config)
@@ -506,6 +599,85 @@ mod tests {
         assert_eq!(c.peer_routes[&2], "127.0.0.1:7", "the flag wins");
         let e = resolve("[peer_route]\n1 = \"127.0.0.1:8\"\n", None).expect_err("self");
         assert!(e.0.contains("never dials itself"), "{e}");
+    }
+
+    #[cfg(not(feature = "fault-injection"))]
+    #[test]
+    fn a_production_build_has_no_fault_switches() {
+        for flag in [
+            "--fault-no-dedup",
+            "--fault-ack-before-commit",
+            "--fault-skip-fsync",
+            "--fault-crash-journal",
+        ] {
+            assert!(Flags::try_parse_from(["adclickd", flag]).is_err(), "{flag}");
+        }
+        assert!(Flags::try_parse_from(["adclickd", "--fault-clock-skew-ms", "5"]).is_err());
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("node.toml");
+        std::fs::write(&path, "fault_no_dedup = true\n").expect("write");
+        let e = Config::resolve(Flags {
+            config: Some(path),
+            ..flags()
+        })
+        .expect_err("unknown key");
+        assert!(e.0.contains("fault_no_dedup"), "{e}");
+    }
+
+    #[cfg(feature = "fault-injection")]
+    #[test]
+    fn fault_switches_are_off_by_default_and_set_by_flags_or_file() {
+        let c = Config::resolve(flags()).expect("valid");
+        assert_eq!(c.fault, FaultConfig::default());
+        assert!(c.fault.active().is_empty());
+
+        let args = [
+            "adclickd",
+            "--fault-clock-skew-ms",
+            "-90000",
+            "--fault-no-dedup",
+            "--fault-ack-before-commit",
+            "--fault-skip-fsync",
+            "--fault-crash-journal",
+        ];
+        let parsed = Flags::try_parse_from(args).expect("flags parse");
+        let c = Config::resolve(Flags {
+            fault_clock_skew_ms: parsed.fault_clock_skew_ms,
+            fault_no_dedup: parsed.fault_no_dedup,
+            fault_ack_before_commit: parsed.fault_ack_before_commit,
+            fault_skip_fsync: parsed.fault_skip_fsync,
+            fault_crash_journal: parsed.fault_crash_journal,
+            ..flags()
+        })
+        .expect("valid");
+        assert_eq!(
+            c.fault,
+            FaultConfig {
+                clock_skew_ms: -90_000,
+                no_dedup: true,
+                ack_before_commit: true,
+                skip_fsync: true,
+                crash_journal: true,
+            }
+        );
+        assert_eq!(c.fault.active().len(), 5);
+        assert_eq!(c.fault.active()[0], "--fault-clock-skew-ms -90000");
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("node.toml");
+        std::fs::write(
+            &path,
+            "fault_clock_skew_ms = 5000\nfault_skip_fsync = true\n",
+        )
+        .expect("write");
+        let c = Config::resolve(Flags {
+            config: Some(path),
+            fault_clock_skew_ms: Some(7),
+            ..flags()
+        })
+        .expect("valid");
+        assert_eq!((c.fault.clock_skew_ms, c.fault.skip_fsync), (7, true));
+        assert!(!c.fault.no_dedup);
     }
 
     #[test]

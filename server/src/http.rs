@@ -36,6 +36,8 @@
 //! while parsing: the body is read click by click and refused at the first click past the
 //! limit, so a request never holds more than `max_batch_clicks` parsed clicks.
 //!
+//! A `fault-injection` build adds `POST /fault/clock-skew?ms=N` (`crate::fault::routes`).
+//!
 //! Retryable errors carry their hints: 429 has `Retry-After` (seconds, rounded up) and
 //! `x-adclick-retry-after-ms`, with `retry_after_ms` in the body; a not-leader 503 has
 //! `x-adclick-leader` and `"leader": {"node_id", "addr"}` (a gRPC address) when known.
@@ -102,18 +104,18 @@ const TOP_PARAMS: &[&str] = &["count", "window", "from", "to", "filter", "consis
 /// The HTTP routes of `node`.
 pub fn router(node: Arc<Node>) -> Router {
     let body_limit = body_limit(node.config.max_batch_clicks);
-    json_errors(
-        Router::new()
-            .route("/healthz", get(healthz))
-            .route("/metrics", get(metrics))
-            .route("/ads/popular", get(popular))
-            .route("/ads/{ad_id}/aggregated_count", get(aggregated_count))
-            .route(
-                "/clicks",
-                post(clicks).layer(DefaultBodyLimit::max(body_limit)),
-            ),
-    )
-    .with_state(node)
+    let routes = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .route("/ads/popular", get(popular))
+        .route("/ads/{ad_id}/aggregated_count", get(aggregated_count))
+        .route(
+            "/clicks",
+            post(clicks).layer(DefaultBodyLimit::max(body_limit)),
+        );
+    #[cfg(feature = "fault-injection")]
+    let routes = routes.merge(crate::fault::routes(Arc::clone(&node.faults)));
+    json_errors(routes).with_state(node)
 }
 
 /// Makes the router's own answers JSON too: unknown routes (404) and wrong methods (405,
@@ -460,7 +462,7 @@ fn json_error(status: StatusCode, message: String) -> Response {
 /// The JSON answer for `e`: its status, `{"error": ...}`, and for 429 `Retry-After`
 /// (whole seconds, rounded up) with `retry_after_ms` in the body, for a not-leader 503 the
 /// leader (`{"node_id", "addr"}`, its gRPC address) in the body and `x-adclick-leader`.
-fn error_response(e: &Error) -> Response {
+pub(crate) fn error_response(e: &Error) -> Response {
     let status = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut body = serde_json::Map::new();
     let mut headers = HeaderMap::new();
@@ -530,7 +532,7 @@ fn byte_size(n: usize) -> String {
 // Query parameters
 
 /// The query string's pairs, or a 400 if it does not decode.
-fn query_pairs(
+pub(crate) fn query_pairs(
     q: std::result::Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Vec<(String, String)>> {
     q.map(|Query(pairs)| pairs)
@@ -539,7 +541,7 @@ fn query_pairs(
 
 /// The query parameters by name, each at most once and each one of `known`; an empty value
 /// counts as absent.
-fn params(
+pub(crate) fn params(
     pairs: Vec<(String, String)>,
     known: &[&'static str],
 ) -> Result<BTreeMap<&'static str, String>> {

@@ -8,6 +8,8 @@
 
 pub mod config;
 pub mod error;
+#[cfg(feature = "fault-injection")]
+pub mod fault;
 pub mod group;
 pub mod http;
 pub mod metrics;

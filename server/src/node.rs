@@ -13,7 +13,7 @@ use adclick_proto::convert::LeaderHint;
 use adclick_proto::model::AdId;
 use adclick_proto::wire::{self, metadata};
 use adclick_storage::log::{LogConfig, LogStore};
-use adclick_storage::sm::{open_db, SmOptions, StateMachine};
+use adclick_storage::sm::{open_db, StateMachine};
 use adclick_storage::types::{Command, FilterDef};
 use openraft::error::{InitializeError, RaftError};
 use openraft::{BasicNode, ServerState};
@@ -64,6 +64,9 @@ pub struct Node {
     pub query_budget: Arc<Semaphore>,
     /// FetchSegments streams this node serves at once (each holds a blocking thread).
     pub fetch_budget: Arc<Semaphore>,
+    /// The fault switches' runtime state (the clock skew).
+    #[cfg(feature = "fault-injection")]
+    pub faults: Arc<crate::fault::Faults>,
     draining: AtomicBool,
     leaving: AtomicBool,
     stopped: tokio::sync::watch::Sender<bool>,
@@ -119,19 +122,34 @@ impl Node {
         }
         let peers = Arc::new(Peers::new(config.node_id, config.peer_routes.clone()));
         let raft_config = raft_config(&config)?;
+        #[cfg(feature = "fault-injection")]
+        crate::fault::announce(&config.fault);
+        #[cfg(feature = "fault-injection")]
+        let (log_fs, sm_options) = (
+            crate::fault::log_fs(&config)?,
+            crate::fault::sm_options(&config.fault),
+        );
+        #[cfg(not(feature = "fault-injection"))]
+        let sm_options = adclick_storage::sm::SmOptions::default();
         let mut groups = BTreeMap::new();
         for g in 0..=config.groups {
-            let log = LogStore::open(LogConfig {
+            let log_config = LogConfig {
                 segment_size: config.log_segment_bytes,
+                #[cfg(feature = "fault-injection")]
+                fault_skip_fsync: config.fault.skip_fsync,
                 ..LogConfig::new(config.log_dir(g))
-            })?;
+            };
+            #[cfg(feature = "fault-injection")]
+            let log = LogStore::open_with_fs(log_config, Arc::clone(&log_fs))?;
+            #[cfg(not(feature = "fault-injection"))]
+            let log = LogStore::open(log_config)?;
             let raw = log.raw_reader();
             let importer = log.raw_importer();
             let sm = StateMachine::open(
                 Arc::clone(&db),
                 g,
                 config.snapshot_dir(g),
-                SmOptions::default(),
+                sm_options.clone(),
             )?;
             let reader = sm.reader();
             let snapshot_dir = sm.snapshot_dir().to_path_buf();
@@ -164,6 +182,8 @@ impl Node {
         let client_budget = Arc::new(Semaphore::new(config.max_inflight_clicks));
         let forward_budget = Arc::new(Semaphore::new(config.max_inflight_clicks));
         Ok(Arc::new(Node {
+            #[cfg(feature = "fault-injection")]
+            faults: Arc::new(crate::fault::Faults::new(&config.fault)),
             metrics: Metrics::new(config.node_id),
             config,
             peers,

@@ -123,7 +123,7 @@ pub async fn ingest(
 /// [`Origin::Client`] batch; the others are told where the leader is).
 async fn write_part(
     node: &Node,
-    group: &Group,
+    group: &Arc<Group>,
     clicks: Vec<wire::Click>,
     origin: Origin,
 ) -> Result<Vec<wire::EventResult>> {
@@ -183,7 +183,7 @@ fn forward_error(s: &tonic::Status) -> Error {
 /// client retries.
 async fn propose_part(
     node: &Node,
-    group: &Group,
+    group: &Arc<Group>,
     clicks: Vec<wire::Click>,
 ) -> Result<Vec<wire::EventResult>> {
     let mut results: Vec<Option<wire::EventResult>> = Vec::with_capacity(clicks.len());
@@ -202,10 +202,10 @@ async fn propose_part(
         Vec::new()
     } else {
         let cmd = Command::Ingest(IngestBatch {
-            proposed_at_ms: now_ms(),
+            proposed_at_ms: proposed_at_ms(node),
             clicks: valid,
         });
-        match group.propose(cmd, node.request_timeout()).await? {
+        match propose(node, group, cmd, expected).await? {
             Proposal::Applied(CommandResponse::Ingest(outcomes)) => outcomes,
             Proposal::Applied(other) => {
                 return Err(Error::Internal(format!(
@@ -240,6 +240,34 @@ async fn propose_part(
                 .ok_or_else(|| Error::Internal("outcomes ran out".into())),
         })
         .collect()
+}
+
+/// The time this leader stamps on an ingest entry: its clock, plus the clock-skew fault
+/// of a `fault-injection` build (the only place the skew applies).
+fn proposed_at_ms(node: &Node) -> i64 {
+    #[cfg(feature = "fault-injection")]
+    return now_ms().saturating_add(node.faults.clock_skew_ms());
+    #[cfg(not(feature = "fault-injection"))]
+    {
+        let _ = node;
+        now_ms()
+    }
+}
+
+/// Proposes an ingest entry of `clicks` clicks and waits for its apply; with the
+/// ack-before-commit fault, answers at once instead.
+async fn propose(node: &Node, group: &Arc<Group>, cmd: Command, clicks: usize) -> Result<Proposal> {
+    #[cfg(feature = "fault-injection")]
+    if node.faults.ack_before_commit() {
+        return Ok(crate::fault::propose_without_waiting(
+            group,
+            cmd,
+            node.request_timeout(),
+            clicks,
+        ));
+    }
+    let _ = clicks;
+    group.propose(cmd, node.request_timeout()).await
 }
 
 #[cfg(test)]
