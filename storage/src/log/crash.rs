@@ -1,5 +1,10 @@
-//! Fault injection: a [`FileSystem`] that emulates a volatile page cache, so the fault
+//! Fault injection: a file system that emulates a volatile page cache, so the fault
 //! suite can simulate a power loss after killing a node.
+//!
+//! The journaling file system (`CrashFs`) exists only with the `fault-injection` feature;
+//! reading a journal and applying it ([`drop_unsynced`]) is always compiled, so the test
+//! harness can emulate the power loss without enabling the feature (which would put the
+//! switches into every binary built alongside it).
 //!
 //! A `kill -9` loses nothing a process wrote: the page cache survives the process and
 //! reaches the disk later. A power loss loses what was not fsynced. [`CrashFs`] passes
@@ -39,15 +44,21 @@
 //! past its durable end). It is never stricter than a real disk for a store that fsyncs
 //! before it acknowledges. `docs/fault-injection.md` documents the journal's bytes.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet};
+#[cfg(feature = "fault-injection")]
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::fs::OpenOptions;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
+#[cfg(feature = "fault-injection")]
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+#[cfg(feature = "fault-injection")]
+use std::time::Instant;
 
+#[cfg(feature = "fault-injection")]
 use super::fs::{FileLock, FileSystem, LogFile, OpenMode};
 
 /// The journal's file name, in the data directory.
@@ -57,19 +68,23 @@ pub const JOURNAL_HEADER: &str = "adclick-crash-journal 1";
 /// How old a length must be for the emulated writeback to make it durable.
 pub const WRITEBACK_DELAY: Duration = Duration::from_secs(1);
 /// Least time between two length samples of one file (a later write updates the newest).
+#[cfg(feature = "fault-injection")]
 const SAMPLE_SPACING: Duration = Duration::from_millis(100);
 /// Samples kept per file: enough to reach past [`WRITEBACK_DELAY`] at [`SAMPLE_SPACING`].
+#[cfg(feature = "fault-injection")]
 const MAX_SAMPLES: usize = 32;
 
 /// A file system that journals what a power loss would keep of each file (see the module
 /// docs). Clones share one journal: every log store of a node must use the same one.
 #[derive(Debug, Clone)]
+#[cfg(feature = "fault-injection")]
 pub struct CrashFs {
     inner: Arc<dyn FileSystem>,
     shared: Arc<Shared>,
 }
 
 #[derive(Debug)]
+#[cfg(feature = "fault-injection")]
 struct Shared {
     /// The data directory, absolute; the journal lives in it and names files relative to it.
     data_dir: PathBuf,
@@ -79,6 +94,7 @@ struct Shared {
 }
 
 #[derive(Debug, Default)]
+#[cfg(feature = "fault-injection")]
 struct State {
     next_id: u64,
     /// Relative path → the file living there now.
@@ -88,6 +104,7 @@ struct State {
 }
 
 #[derive(Debug, Default)]
+#[cfg(feature = "fault-injection")]
 struct Tracked {
     /// Current length (every write and truncation goes through this file system).
     len: u64,
@@ -102,12 +119,14 @@ struct Tracked {
 /// The file had `len` bytes at `at`; the sample was started at `first` (later writes within
 /// [`SAMPLE_SPACING`] of it move `at` and `len` forward).
 #[derive(Debug, Clone, Copy)]
+#[cfg(feature = "fault-injection")]
 struct Sample {
     first: Instant,
     at: Instant,
     len: u64,
 }
 
+#[cfg(feature = "fault-injection")]
 impl Tracked {
     fn new(len: u64, durable: u64) -> Self {
         Tracked {
@@ -169,10 +188,12 @@ impl Tracked {
     }
 }
 
+#[cfg(feature = "fault-injection")]
 fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+#[cfg(feature = "fault-injection")]
 impl CrashFs {
     /// Starts the journal of the node whose data directory is `data_dir` (created if
     /// missing), over `inner`. `log_dirs` are the directories whose files the journal
@@ -234,6 +255,7 @@ impl CrashFs {
     }
 }
 
+#[cfg(feature = "fault-injection")]
 impl State {
     fn insert(&mut self, rel: PathBuf, t: Tracked) -> u64 {
         let id = self.next_id;
@@ -252,6 +274,7 @@ impl State {
     }
 }
 
+#[cfg(feature = "fault-injection")]
 impl Shared {
     /// `path` relative to the data directory, if it lies inside it.
     fn rel(&self, path: &Path) -> Option<PathBuf> {
@@ -285,6 +308,7 @@ impl Shared {
 
 /// `path` (made absolute) relative to `dir` (absolute), if inside it and made only of
 /// plain names.
+#[cfg(feature = "fault-injection")]
 fn relative_to(dir: &Path, path: &Path) -> Option<PathBuf> {
     let abs = std::path::absolute(path).ok()?;
     let rel = abs.strip_prefix(dir).ok()?;
@@ -317,6 +341,7 @@ fn files_under(dir: &Path, root: &Path) -> io::Result<Vec<(PathBuf, u64)>> {
     Ok(out)
 }
 
+#[cfg(feature = "fault-injection")]
 impl FileSystem for CrashFs {
     fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
         self.inner.create_dir_all(dir)
@@ -405,6 +430,7 @@ impl FileSystem for CrashFs {
 }
 
 #[derive(Debug)]
+#[cfg(feature = "fault-injection")]
 struct CrashFile {
     inner: Arc<dyn LogFile>,
     shared: Arc<Shared>,
@@ -412,6 +438,7 @@ struct CrashFile {
     id: Option<u64>,
 }
 
+#[cfg(feature = "fault-injection")]
 impl LogFile for CrashFile {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
         self.inner.read_at(buf, offset)
@@ -580,6 +607,7 @@ struct Journal {
 
 /// The journal's bytes (`docs/fault-injection.md`): the header line, a `root` line per
 /// log directory, a `file` line per journaled file, an `end` line with the counts.
+#[cfg(feature = "fault-injection")]
 fn encode<'a>(roots: &[PathBuf], files: impl Iterator<Item = (&'a Path, u64)>) -> Vec<u8> {
     let mut out = Vec::with_capacity(256);
     out.extend_from_slice(JOURNAL_HEADER.as_bytes());
@@ -715,6 +743,7 @@ impl<'a> Reader<'a> {
     }
 }
 
+#[cfg(feature = "fault-injection")]
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -70,7 +70,6 @@
 //! makes group commit skip its fsyncs.
 
 mod config;
-#[cfg(feature = "fault-injection")]
 pub mod crash;
 pub mod fault;
 mod flusher;
