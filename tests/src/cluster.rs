@@ -62,6 +62,42 @@ pub fn adclick_path() -> anyhow::Result<PathBuf> {
     built_binary("adclick", ENV_CLI_BIN, "adclick-client")
 }
 
+/// Environment variable naming the fault-injection `adclickd` build the fault suite runs.
+pub const ENV_FAULT_BIN: &str = "ADCLICKD_FAULT_BIN";
+
+/// Finds the fault suite's `adclickd`: `$ADCLICKD_FAULT_BIN` if set, else
+/// `target/fault/adclickd` (built by `cargo build --profile fault -p adclick-server
+/// --features fault-injection --bin adclickd`, as scripts/test does): release code
+/// generation with the test-only fault switches, kept apart from `target/release`.
+pub fn fault_adclickd_path() -> anyhow::Result<PathBuf> {
+    if let Some(p) = std::env::var_os(ENV_FAULT_BIN) {
+        let p = PathBuf::from(p);
+        if p.is_file() {
+            return Ok(p);
+        }
+        bail!("{ENV_FAULT_BIN}={} is not a file", p.display());
+    }
+    let exe = std::env::current_exe().context("locating the test executable")?;
+    // Tests run from target/<profile>/deps/, binaries from target/<profile>/.
+    let mut profile_dir = exe.parent();
+    if profile_dir.and_then(Path::file_name) == Some(std::ffi::OsStr::new("deps")) {
+        profile_dir = profile_dir.and_then(Path::parent);
+    }
+    let target = profile_dir
+        .and_then(Path::parent)
+        .ok_or_else(|| anyhow!("executable {} is not under a target dir", exe.display()))?;
+    let bin = target.join("fault").join("adclickd");
+    if bin.is_file() {
+        return Ok(bin);
+    }
+    bail!(
+        "the fault-injection adclickd is missing: looked for {} (and {ENV_FAULT_BIN} is not \
+         set). Build it with `cargo build --profile fault -p adclick-server --features \
+         fault-injection --bin adclickd` (scripts/test does)",
+        bin.display()
+    )
+}
+
 /// The binary `name` of package `package`: `$env` if set, else in the profile directory
 /// of the running test executable.
 fn built_binary(name: &str, env: &str, package: &str) -> anyhow::Result<PathBuf> {
@@ -109,6 +145,8 @@ pub struct ClusterOptions {
     pub log_segment_bytes: Option<u64>,
     /// More arguments for every node.
     pub extra_args: Vec<String>,
+    /// The `adclickd` binary to run; [`adclickd_path`] when `None`.
+    pub bin: Option<PathBuf>,
     /// How long [`Cluster::start`] waits for every node to be ready.
     pub ready_timeout: Duration,
     /// Deadline of every gRPC call made through [`Cluster`]'s clients.
@@ -130,6 +168,7 @@ impl Default for ClusterOptions {
             snapshot_keep_logs: None,
             log_segment_bytes: None,
             extra_args: Vec::new(),
+            bin: None,
             ready_timeout: Duration::from_secs(30),
             rpc_timeout: Duration::from_secs(10),
             // Above the server's worst case for a graceful shutdown (leadership hand-offs,
@@ -148,6 +187,8 @@ struct Node {
     data_dir: PathBuf,
     log_path: PathBuf,
     child: Mutex<Option<Child>>,
+    /// Arguments for this node only, after the common ones.
+    own_args: Vec<String>,
 }
 
 impl Node {
@@ -180,7 +221,20 @@ impl Cluster {
 
     /// Starts every node and waits until all are ready (see [`Cluster::wait_ready`]).
     pub async fn start(opts: ClusterOptions) -> anyhow::Result<Self> {
-        let bin = adclickd_path()?;
+        let mut cluster = Cluster::prepare(opts).await?;
+        cluster.launch().await?;
+        Ok(cluster)
+    }
+
+    /// Takes the cluster slot, picks the nodes' ports and creates the directory, without
+    /// starting any node: the caller can learn the addresses (e.g. to put a proxy in
+    /// front of them), give nodes arguments of their own ([`Cluster::set_node_args`]),
+    /// then [`Cluster::launch`].
+    pub async fn prepare(opts: ClusterOptions) -> anyhow::Result<Self> {
+        let bin = match &opts.bin {
+            Some(bin) => bin.clone(),
+            None => adclickd_path()?,
+        };
         let slot = if opts.exclusive {
             Some(Cluster::exclusive_slot().await?)
         } else {
@@ -201,34 +255,54 @@ impl Cluster {
                 data_dir: root.join(format!("n{id}")),
                 log_path: root.join(format!("n{id}.log")),
                 child: Mutex::new(None),
+                own_args: Vec::new(),
             })
             .collect();
-        let mut cluster = Self {
+        Ok(Self {
             opts,
             bin,
             root,
             dir: Some(dir),
             nodes,
             _slot: slot,
-        };
-        for id in cluster.ids() {
-            cluster.spawn(id)?;
+        })
+    }
+
+    /// Arguments node `id` gets after the common ones, from its next start on.
+    pub fn set_node_args(&mut self, id: u64, args: Vec<String>) {
+        let node = self
+            .nodes
+            .iter_mut()
+            .find(|n| n.id == id)
+            .unwrap_or_else(|| panic!("no node {id} in this cluster"));
+        node.own_args = args;
+    }
+
+    /// Starts every node of a [`Cluster::prepare`]d cluster and waits until all are ready.
+    pub async fn launch(&mut self) -> anyhow::Result<()> {
+        for id in self.ids() {
+            self.spawn(id)?;
         }
-        let timeout = cluster.opts.ready_timeout;
-        if let Err(e) = cluster.wait_ready(timeout).await {
-            // The cluster is dropped before the caller can panic, so the logs go with the
-            // error.
-            let tails: Vec<String> = cluster
+        let timeout = self.opts.ready_timeout;
+        if let Err(e) = self.wait_ready(timeout).await {
+            let tails: Vec<String> = self
                 .ids()
                 .into_iter()
-                .map(|id| format!("----- node {id} -----\n{}", cluster.log_tail(id, 40)))
+                .map(|id| format!("----- node {id} -----\n{}", self.log_tail(id, 40)))
                 .collect();
+            // Kill what started, so the caller can drop the cluster without a panic dump.
+            for node in &self.nodes {
+                if let Some(mut c) = node.child().take() {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                }
+            }
             return Err(e.context(format!(
                 "the cluster did not start; last log lines:\n{}",
                 tails.join("\n")
             )));
         }
-        Ok(cluster)
+        Ok(())
     }
 
     /// The options the cluster was started with.
@@ -322,6 +396,7 @@ impl Cluster {
             }
         }
         args.extend(o.extra_args.iter().cloned());
+        args.extend(node.own_args.iter().cloned());
         args
     }
 

@@ -9,8 +9,10 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use adclick_proto::model::{AdId, Minute, MinuteRange};
 use adclick_storage::log::{LogConfig, LogStore};
 use adclick_storage::sm::{open_db, SmOptions, StateDigest, StateMachine};
+use adclick_storage::types::Entry;
 use anyhow::{ensure, Context};
 
 /// `<data-dir>/db`.
@@ -101,6 +103,77 @@ pub fn state_digests(
         )
         .with_context(|| format!("opening group {g}'s state in {}", path.display()))?;
         out.insert(g, sm.reader().digest()?);
+    }
+    Ok(out)
+}
+
+/// Every committed entry group `group`'s raw log in `node_dir` serves, in index order.
+pub fn raw_entries(node_dir: &Path, group: u64) -> anyhow::Result<Vec<Entry>> {
+    let dir = log_dir(node_dir, group);
+    ensure!(dir.is_dir(), "no log directory {}", dir.display());
+    let store = LogStore::open(LogConfig::new(&dir))
+        .with_context(|| format!("opening {}", dir.display()))?;
+    let raw = store.raw_reader();
+    let mut out = Vec::new();
+    for entry in raw.entries(..)? {
+        out.push(entry.with_context(|| format!("reading {}", dir.display()))?);
+    }
+    Ok(out)
+}
+
+/// One group's state on a stopped node: its digest, and its counter for each of `ads` in
+/// each minute of `minutes` (zeros left out).
+#[derive(Debug, Clone)]
+pub struct GroupCounters {
+    /// The state digest (with the applied id).
+    pub digest: StateDigest,
+    /// `(ad, minute)` → clicks counted.
+    pub buckets: BTreeMap<(String, Minute), u64>,
+}
+
+/// [`GroupCounters`] of each of `groups` in the node's database.
+pub fn group_counters(
+    node_dir: &Path,
+    groups: &[u64],
+    ads: &[String],
+    minutes: MinuteRange,
+) -> anyhow::Result<BTreeMap<u64, GroupCounters>> {
+    let path = db_path(node_dir);
+    let db = open_db(&path).with_context(|| format!("opening {}", path.display()))?;
+    let ad_ids = ads
+        .iter()
+        .map(|a| AdId::new(a).with_context(|| format!("ad id {a:?}")))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut out = BTreeMap::new();
+    for &g in groups {
+        let sm = StateMachine::open(
+            db.clone(),
+            g,
+            snapshot_dir(node_dir, g),
+            SmOptions::default(),
+        )
+        .with_context(|| format!("opening group {g}'s state in {}", path.display()))?;
+        let reader = sm.reader();
+        let mut buckets = BTreeMap::new();
+        for ad in &ad_ids {
+            for m in minutes.from.0..minutes.to.0 {
+                let one = MinuteRange {
+                    from: Minute(m),
+                    to: Minute(m + 1),
+                };
+                let n = reader.count(ad, one, None)?.count;
+                if n > 0 {
+                    buckets.insert((ad.as_str().to_owned(), Minute(m)), n);
+                }
+            }
+        }
+        out.insert(
+            g,
+            GroupCounters {
+                digest: reader.digest()?,
+                buckets,
+            },
+        );
     }
     Ok(out)
 }
