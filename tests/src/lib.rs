@@ -21,6 +21,7 @@
 pub mod clicks;
 pub mod cluster;
 pub mod disk;
+pub mod fault;
 pub mod http;
 pub mod query;
 pub mod wait;
