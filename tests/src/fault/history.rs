@@ -143,7 +143,7 @@ pub struct Fault {
     pub injected_us: u64,
     /// When it was fully in place, µs since the run started.
     pub start_us: u64,
-    /// When it was healed, µs since the run started.
+    /// When its heal began, µs since the run started.
     pub heal_us: u64,
 }
 

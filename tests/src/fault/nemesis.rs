@@ -8,6 +8,7 @@
 //! | `split` | a random node alone against the other two (connections reset) | that node |
 //! | `one-way` | the leader's peers cannot reach it; it can still send to them | the leader |
 //! | `bridge` | cut one pair of nodes; the third still sees both (3-node form of Jepsen's majorities ring) | — |
+//! | `slow-network` | every link delayed 100-500 ms (up to the election timeout: heartbeats arrive late, elections and retries follow) | — |
 //! | `rolling-restart` | SIGTERM and restart every node in turn, waiting for readiness in between | — |
 //! | `clock-skew` | the leader's `proposed_at` clock set 2.5-10 min behind for half the hold (live clicks are rejected as future events, and must not count), then 2-15 min ahead for the hold (no visible effect) | — |
 //! | `majority-down` | SIGSTOP one node, a second later SIGKILL the other two (power loss); after the hold restart them, and SIGCONT the first a second later | everyone: writes must be refused |
@@ -41,6 +42,8 @@ pub enum Nemesis {
     OneWay,
     /// One link cut; the third node bridges.
     Bridge,
+    /// Every link slow.
+    SlowNetwork,
     /// Every node restarted in turn.
     RollingRestart,
     /// The leader's clock skewed.
@@ -51,13 +54,14 @@ pub enum Nemesis {
 
 impl Nemesis {
     /// Every nemesis.
-    pub const ALL: [Nemesis; 9] = [
+    pub const ALL: [Nemesis; 10] = [
         Nemesis::Kill,
         Nemesis::Pause,
         Nemesis::IsolateLeader,
         Nemesis::Split,
         Nemesis::OneWay,
         Nemesis::Bridge,
+        Nemesis::SlowNetwork,
         Nemesis::RollingRestart,
         Nemesis::ClockSkew,
         Nemesis::MajorityDown,
@@ -72,6 +76,7 @@ impl Nemesis {
             Nemesis::Split => "split",
             Nemesis::OneWay => "one-way",
             Nemesis::Bridge => "bridge",
+            Nemesis::SlowNetwork => "slow-network",
             Nemesis::RollingRestart => "rolling-restart",
             Nemesis::ClockSkew => "clock-skew",
             Nemesis::MajorityDown => "majority-down",
@@ -299,6 +304,19 @@ pub async fn inject(
             mesh.set(b, a, LinkMode::Drop);
             done(
                 format!("link {a} <-> {b} cut, the others bridge"),
+                vec![],
+                Undo::Mesh,
+            )
+        }
+        Nemesis::SlowNetwork => {
+            let d = Duration::from_millis(rng.random_range(100..=500));
+            for &a in &ids {
+                for &b in ids.iter().filter(|&&b| b != a) {
+                    mesh.set(a, b, LinkMode::Delay(d));
+                }
+            }
+            done(
+                format!("every link delayed {} ms", d.as_millis()),
                 vec![],
                 Undo::Mesh,
             )

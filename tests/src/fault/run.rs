@@ -229,10 +229,13 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<RunReport> {
             if step.nemesis != nemesis::Nemesis::RollingRestart {
                 tokio::time::sleep(step.hold).await;
             }
+            // The heal starts now: from here on nodes may legitimately acknowledge again
+            // (restarted nodes form a quorum before a frozen one is resumed), and the
+            // time to recover is measured from here.
+            let heal_us = rec.now_us();
             nemesis::heal(&injected, &mut cluster, &mesh)
                 .await
                 .with_context(|| format!("healing {}", step.nemesis))?;
-            let heal_us = rec.now_us();
             rec.fault(super::history::Fault {
                 nemesis: step.nemesis.name().to_owned(),
                 detail: injected.detail.clone(),

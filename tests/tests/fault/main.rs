@@ -78,6 +78,7 @@ async fn no_click_is_lost_or_doubled_through_partitions() {
         Nemesis::Split,
         Nemesis::OneWay,
         Nemesis::Bridge,
+        Nemesis::SlowNetwork,
     ])
     .await;
 }
