@@ -121,15 +121,23 @@ pub fn raw_entries(node_dir: &Path, group: u64) -> anyhow::Result<Vec<Entry>> {
     Ok(out)
 }
 
-/// One group's state on a stopped node: its digest, and its counter for each of `ads` in
-/// each minute of `minutes` (zeros left out).
+/// One group's state on a stopped node: its digest, its counter for each of `ads` in each
+/// minute of `minutes` (zeros left out), and its total per ad over every minute.
 #[derive(Debug, Clone)]
 pub struct GroupCounters {
     /// The state digest (with the applied id).
     pub digest: StateDigest,
     /// `(ad, minute)` → clicks counted.
     pub buckets: BTreeMap<(String, Minute), u64>,
+    /// Ad → clicks counted in any minute from 1970 to 2070 (every ad the group has).
+    pub totals: BTreeMap<String, u64>,
 }
+
+/// The minutes [`GroupCounters::totals`] covers: 1970-01-01 up to 2070-01-01.
+const ALL_MINUTES: MinuteRange = MinuteRange {
+    from: Minute(0),
+    to: Minute(36_525 * 24 * 60),
+};
 
 /// [`GroupCounters`] of each of `groups` in the node's database.
 pub fn group_counters(
@@ -167,11 +175,18 @@ pub fn group_counters(
                 }
             }
         }
+        let totals = reader
+            .top(usize::MAX, ALL_MINUTES, None)?
+            .rows
+            .into_iter()
+            .map(|r| (r.ad_id.as_str().to_owned(), r.count))
+            .collect();
         out.insert(
             g,
             GroupCounters {
                 digest: reader.digest()?,
                 buckets,
+                totals,
             },
         );
     }

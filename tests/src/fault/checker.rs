@@ -34,8 +34,9 @@ use std::time::Duration;
 
 use adclick_proto::model::Minute;
 
-use super::history::{ad_name, EventIdx, History, OpKind, Outcome};
+use super::history::{ad_index, ad_name, Answer, EventIdx, History, OpKind, Outcome};
 use super::model::GroupModel;
+use super::model::Verdict as ModelVerdict;
 
 /// How long after a heal the cluster has to take a write and a read.
 pub const LIVENESS_BOUND: Duration = Duration::from_secs(10);
@@ -54,6 +55,9 @@ pub struct ReplicaGroup {
     pub keys: u64,
     /// Its counters for every (ad, minute) the run could have touched (zeros left out).
     pub buckets: BTreeMap<(String, Minute), u64>,
+    /// Its count per ad over a range far wider than the run's (a day either side), every
+    /// ad it has: catches counts outside the minutes `buckets` covers.
+    pub totals: BTreeMap<String, u64>,
 }
 
 /// The cluster after the run.
@@ -68,8 +72,17 @@ pub struct FinalState {
     pub log_problems: Vec<String>,
     /// Groups whose replicas could not be brought to a common applied index.
     pub uncompared_groups: Vec<u64>,
-    /// The final top-N over every ad: `(ad id, count)`; `Err` if it could not be read.
-    pub final_top: Result<Vec<(String, u64)>, String>,
+    /// The final top-N over every ad; `Err` if it could not be read.
+    pub final_top: Result<FinalTop, String>,
+}
+
+/// The top-N read after the run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FinalTop {
+    /// `(ad id, count)`, count descending.
+    pub rows: Vec<(String, u64)>,
+    /// Group → the applied index the answer reflects.
+    pub positions: BTreeMap<u64, u64>,
 }
 
 /// A liveness probe after a heal.
@@ -216,8 +229,11 @@ fn facts(h: &History) -> Vec<EventFacts> {
                                 .map_or(op.completed_us, |t| t.min(op.completed_us)),
                         );
                     }
-                    Some(_) => f.answered_not_counted = true,
-                    None => f.indeterminate = true,
+                    Some(Answer::Rejected) => f.answered_not_counted = true,
+                    // `Late` may answer a retry of a click that an earlier attempt of the
+                    // same call counted, once its minute is final; the answers check
+                    // holds it to the log instead.
+                    Some(_) | None => f.indeterminate = true,
                 },
                 Outcome::Fail(_) => f.answered_not_counted = true,
                 Outcome::Info(_) => f.indeterminate = true,
@@ -298,6 +314,33 @@ pub fn check(h: &History, state: &FinalState, probes: &[Probe]) -> Verdict {
             unexpected.flag(|| format!("event id {id} is in the log but was never sent"));
         }
     }
+    let mut ad_group: HashMap<&str, u64> = HashMap::new();
+    for (&g, m) in &state.models {
+        for c in &m.counted {
+            if let Some(&e) = by_id.get(c.event_id.as_str()) {
+                let ev = &h.events[e as usize];
+                if ad_name(ev.ad) != c.ad || Minute::of_ms(ev.event_time_ms) != c.minute {
+                    unexpected.flag(|| {
+                        format!(
+                            "event {} is counted for ad {} minute {}, but was sent for ad {} \
+                             minute {}",
+                            c.event_id,
+                            c.ad,
+                            c.minute.0,
+                            ad_name(ev.ad),
+                            Minute::of_ms(ev.event_time_ms).0
+                        )
+                    });
+                }
+            }
+            match ad_group.insert(c.ad.as_str(), g) {
+                Some(other) if other != g => {
+                    unexpected.flag(|| format!("ad {} is counted in groups {other} and {g}", c.ad))
+                }
+                _ => {}
+            }
+        }
+    }
 
     let mut double = Check::new("3 double-count");
     for (&node, groups) in &state.replicas {
@@ -343,6 +386,36 @@ pub fn check(h: &History, state: &FinalState, probes: &[Probe]) -> Verdict {
             });
         }
     }
+
+    let mut times: HashMap<&str, u32> = HashMap::new();
+    for m in state.models.values() {
+        for c in &m.counted {
+            *times.entry(c.event_id.as_str()).or_insert(0) += 1;
+        }
+    }
+    let mut twice: Vec<(&str, u32)> = times.into_iter().filter(|(_, n)| *n > 1).collect();
+    twice.sort_unstable();
+    for (id, n) in twice {
+        double.flag(|| format!("event {id} is counted {n} times, in different groups"));
+    }
+    for (&node, groups) in &state.replicas {
+        for (&g, r) in groups {
+            let Some(m) = state.models.get(&g) else {
+                continue;
+            };
+            let want = m.totals(r.applied);
+            if want != r.totals {
+                double.flag(|| {
+                    format!(
+                        "node {node} group {g}: per-ad totals over a wide range {:?} differ \
+                         from the model's {want:?}",
+                        r.totals
+                    )
+                });
+            }
+        }
+    }
+    check_answers(h, state, &mut double);
 
     let mut bounds = Check::new("4 bounds");
     check_final_bounds(h, &facts, state, &mut bounds);
@@ -445,14 +518,18 @@ fn check_reads(h: &History, facts: &[EventFacts], c: &mut Check) {
             OpKind::Count {
                 ad,
                 result: Outcome::Ok(v),
+                served_by,
             } => {
                 if let Some((lo, hi)) = within(*ad, *v, op.invoked_us, op.completed_us) {
                     c.flag(|| {
                         format!(
-                            "count of {} read {v} in [{:.3}s, {:.3}s]; possible: {lo}..={hi}",
+                            "count of {} read {v} in [{:.3}s, {:.3}s]; possible: {lo}..={hi}{}",
                             ad_name(*ad),
                             op.invoked_us as f64 / 1e6,
-                            op.completed_us as f64 / 1e6
+                            op.completed_us as f64 / 1e6,
+                            served_by
+                                .map(|(n, i)| format!(" (node {n} at index {i})"))
+                                .unwrap_or_default()
                         )
                     });
                 }
@@ -465,17 +542,25 @@ fn check_reads(h: &History, facts: &[EventFacts], c: &mut Check) {
                 result: Outcome::Ok(rows),
                 ..
             } => {
-                for &(ad, v) in rows {
-                    if let Some((lo, hi)) = within(ad, v, op.invoked_us, op.completed_us) {
+                for (name, v) in rows {
+                    let Some(ad) = ad_index(name) else {
+                        c.flag(|| format!("top-N names ad {name:?}, which was never written"));
+                        continue;
+                    };
+                    if let Some((lo, hi)) = within(ad, *v, op.invoked_us, op.completed_us) {
                         c.flag(|| {
                             format!(
-                                "top-N row {} = {v} in [{:.3}s, {:.3}s]; possible: {lo}..={hi}",
-                                ad_name(ad),
+                                "top-N row {name} = {v} in [{:.3}s, {:.3}s]; possible: {lo}..={hi}",
                                 op.invoked_us as f64 / 1e6,
                                 op.completed_us as f64 / 1e6
                             )
                         });
                     }
+                    // A top-N row is a linearizable read of its ad's count too.
+                    reads
+                        .entry(ad)
+                        .or_default()
+                        .push((op.invoked_us, op.completed_us, *v));
                 }
                 if rows.windows(2).any(|w| w[0].1 < w[1].1) {
                     c.flag(|| format!("top-N rows out of order: {rows:?}"));
@@ -518,30 +603,110 @@ fn check_reads(h: &History, facts: &[EventFacts], c: &mut Check) {
 }
 
 fn check_top(state: &FinalState, c: &mut Check) {
+    let top = match &state.final_top {
+        Err(e) => {
+            c.flag(|| format!("the final top-N could not be read: {e}"));
+            return;
+        }
+        Ok(t) => t,
+    };
+    // Recompute at the positions the answer reflects: a straggling retry may commit after
+    // it was read.
     let mut totals: BTreeMap<String, u64> = BTreeMap::new();
-    for m in state.models.values() {
-        for k in &m.counted {
-            *totals.entry(k.ad.clone()).or_insert(0) += 1;
+    for (g, m) in &state.models {
+        let Some(&at) = top.positions.get(g) else {
+            c.flag(|| format!("the final top-N has no position for group {g}"));
+            continue;
+        };
+        for (ad, n) in m.totals(Some(at)) {
+            *totals.entry(ad).or_insert(0) += n;
         }
     }
     let mut want: Vec<(String, u64)> = totals.into_iter().collect();
     want.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-    match &state.final_top {
-        Err(e) => c.flag(|| format!("the final top-N could not be read: {e}")),
-        Ok(got) => {
-            if got.len() != want.len() {
+    let got = &top.rows;
+    if got.len() != want.len() {
+        c.flag(|| {
+            format!(
+                "final top-N has {} rows, the model {}",
+                got.len(),
+                want.len()
+            )
+        });
+    }
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        if g != w {
+            c.flag(|| format!("final top-N row {}: {g:?}, recomputed {w:?}", i + 1));
+        }
+    }
+}
+
+/// Every answered ingest must be borne out by the log: for each group's part of it (the
+/// clicks of that group, in request order, as the nodes propose them), some entry holds
+/// exactly those clicks and the model's verdicts for them are the answers given.
+fn check_answers(h: &History, state: &FinalState, c: &mut Check) {
+    let mut group_of: HashMap<&str, u64> = HashMap::new();
+    let mut by_first: HashMap<&str, Vec<(u64, usize)>> = HashMap::new();
+    for (&g, m) in &state.models {
+        for (i, e) in m.ingests.iter().enumerate() {
+            for id in &e.ids {
+                group_of.insert(id.as_str(), g);
+            }
+            if let Some(first) = e.ids.first() {
+                by_first.entry(first.as_str()).or_default().push((g, i));
+            }
+        }
+    }
+    let expect = |v: ModelVerdict| match v {
+        ModelVerdict::Counted => Answer::Accepted,
+        ModelVerdict::Duplicate => Answer::Duplicate,
+        ModelVerdict::Rejected => Answer::Rejected,
+        ModelVerdict::Late => Answer::Late,
+    };
+    for op in &h.ops {
+        let OpKind::Ingest {
+            events,
+            result: Outcome::Ok(answers),
+        } = &op.kind
+        else {
+            continue;
+        };
+        let mut parts: BTreeMap<u64, (Vec<&str>, Vec<Answer>)> = BTreeMap::new();
+        for (&e, &a) in events.iter().zip(answers) {
+            let id = h.events[e as usize].id.as_str();
+            match group_of.get(id) {
+                Some(&g) => {
+                    let p = parts.entry(g).or_default();
+                    p.0.push(id);
+                    p.1.push(a);
+                }
+                None => c.flag(|| {
+                    format!(
+                        "event {id} was answered {a:?} (at {:.3}s) but is in no log entry",
+                        op.completed_us as f64 / 1e6
+                    )
+                }),
+            }
+        }
+        for (g, (ids, got)) in parts {
+            let candidates = by_first.get(ids[0]).map_or(&[][..], Vec::as_slice);
+            let matching = candidates.iter().any(|&(cg, i)| {
+                let e = &state.models[&cg].ingests[i];
+                cg == g
+                    && e.ids.iter().map(String::as_str).eq(ids.iter().copied())
+                    && e.verdicts
+                        .iter()
+                        .map(|&v| expect(v))
+                        .eq(got.iter().copied())
+            });
+            if !matching {
                 c.flag(|| {
                     format!(
-                        "final top-N has {} rows, the model {}",
-                        got.len(),
-                        want.len()
+                        "answers {got:?} for {ids:?} (group {g}, at {:.3}s) match no entry of \
+                         the log holding those clicks",
+                        op.completed_us as f64 / 1e6
                     )
                 });
-            }
-            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-                if g != w {
-                    c.flag(|| format!("final top-N row {}: {g:?}, recomputed {w:?}", i + 1));
-                }
             }
         }
     }
@@ -635,7 +800,7 @@ fn check_liveness(h: &History, probes: &[Probe], c: &mut Check) {
 #[cfg(test)]
 mod tests {
     use super::super::history::{Answer, Event, Fault, Op};
-    use super::super::model::Counted;
+    use super::super::model::{Counted, IngestModel, Verdict as V};
     use super::*;
 
     const T: i64 = 1_700_000_000_000;
@@ -673,26 +838,36 @@ mod tests {
             faults: vec![],
         };
         let minute = Minute::of_ms(T);
+        let entry = |index, ids: &[&str], verdicts: Vec<V>| IngestModel {
+            index,
+            ids: ids.iter().map(|s| (*s).to_owned()).collect(),
+            verdicts,
+        };
         let model = GroupModel {
             counted: ["e0", "e1"]
                 .iter()
-                .enumerate()
-                .map(|(i, id)| Counted {
-                    index: 3 + i as u64,
+                .map(|id| Counted {
+                    index: 3,
                     event_id: (*id).to_owned(),
                     ad: ad_name(0),
                     minute,
                 })
                 .collect(),
+            ingests: vec![
+                entry(3, &["e0", "e1"], vec![V::Counted, V::Counted]),
+                entry(4, &["e1"], vec![V::Duplicate]),
+                entry(5, &["e2"], vec![V::Rejected]),
+            ],
             seen: ["e0", "e1", "e2"].iter().map(|s| (*s).to_owned()).collect(),
             last_index: Some(5),
-            last_counting_index: Some(4),
+            last_counting_index: Some(3),
         };
         let replica = ReplicaGroup {
             applied: Some(5),
             digest: 7,
             keys: 3,
             buckets: [((ad_name(0), minute), 2)].into_iter().collect(),
+            totals: [(ad_name(0), 2)].into_iter().collect(),
         };
         let state = FinalState {
             replicas: [1, 2]
@@ -702,7 +877,10 @@ mod tests {
             models: [(1, model)].into_iter().collect(),
             log_problems: vec![],
             uncompared_groups: vec![],
-            final_top: Ok(vec![(ad_name(0), 2)]),
+            final_top: Ok(FinalTop {
+                rows: vec![(ad_name(0), 2)],
+                positions: [(1, 5)].into_iter().collect(),
+            }),
         };
         (h, state)
     }
@@ -716,6 +894,7 @@ mod tests {
             kind: OpKind::Count {
                 ad: 0,
                 result: Outcome::Ok(v),
+                served_by: None,
             },
         });
     }
@@ -740,12 +919,24 @@ mod tests {
     #[test]
     fn an_acknowledged_event_missing_from_the_log_is_lost() {
         let (h, mut state) = base();
+        // The leader acknowledged e1 but its entry never committed: the log has only e0.
         let m = state.models.get_mut(&1).expect("group 1");
         m.counted.pop();
+        m.ingests = vec![IngestModel {
+            index: 3,
+            ids: vec!["e0".into()],
+            verdicts: vec![V::Counted],
+        }];
+        m.seen.remove("e1");
         for r in state.replicas.values_mut() {
-            r.get_mut(&1).expect("group 1").buckets.clear();
+            let g = r.get_mut(&1).expect("group 1");
+            *g.buckets.values_mut().next().expect("a bucket") = 1;
+            g.totals = [(ad_name(0), 1)].into_iter().collect();
         }
-        state.final_top = Ok(vec![]);
+        state.final_top = Ok(FinalTop {
+            rows: vec![(ad_name(0), 1)],
+            positions: [(1, 5)].into_iter().collect(),
+        });
         let v = check(&h, &state, &[]);
         assert_eq!(v.anomalies("1"), 1, "{}", v.report());
     }
@@ -754,14 +945,12 @@ mod tests {
     fn a_replica_counting_a_retry_twice_is_a_double_count() {
         let (h, mut state) = base();
         let r = state.replicas.get_mut(&2).expect("node 2");
-        *r.get_mut(&1)
-            .expect("group 1")
-            .buckets
-            .values_mut()
-            .next()
-            .expect("a bucket") = 3;
+        let g = r.get_mut(&1).expect("group 1");
+        *g.buckets.values_mut().next().expect("a bucket") = 3;
+        *g.totals.values_mut().next().expect("a total") = 3;
         let v = check(&h, &state, &[]);
-        assert_eq!(v.anomalies("3"), 1, "{}", v.report());
+        // The bucket and the total both disagree with the model.
+        assert_eq!(v.anomalies("3"), 2, "{}", v.report());
     }
 
     #[test]
@@ -840,7 +1029,10 @@ mod tests {
     #[test]
     fn a_wrong_final_top_and_a_slow_recovery_are_flagged() {
         let (h, mut state) = base();
-        state.final_top = Ok(vec![(ad_name(0), 1)]);
+        state.final_top = Ok(FinalTop {
+            rows: vec![(ad_name(0), 1)],
+            positions: [(1, 5)].into_iter().collect(),
+        });
         let slow = Probe {
             nemesis: "kill".into(),
             write_after: Some(Duration::from_secs(11)),
@@ -850,5 +1042,45 @@ mod tests {
         let v = check(&h, &state, &[slow]);
         assert_eq!(v.anomalies("5"), 1, "{}", v.report());
         assert_eq!(v.anomalies("7"), 1, "{}", v.report());
+    }
+
+    #[test]
+    fn an_answer_the_log_does_not_bear_out_is_flagged() {
+        // The retry of e1 was answered Rejected (a future-event check before dedup), but
+        // the entry holding it says Duplicate.
+        let (mut h, state) = base();
+        h.ops[1].kind = OpKind::Ingest {
+            events: vec![1],
+            result: Outcome::Ok(vec![Answer::Rejected]),
+        };
+        let v = check(&h, &state, &[]);
+        assert!(v.anomalies("3") >= 1, "{}", v.report());
+        assert!(v.report().contains("match no entry"), "{}", v.report());
+    }
+
+    #[test]
+    fn a_click_counted_under_another_ad_or_minute_is_unexpected() {
+        let (h, mut state) = base();
+        let m = state.models.get_mut(&1).expect("group 1");
+        m.counted[1].minute = Minute(m.counted[1].minute.0 + 1);
+        let v = check(&h, &state, &[]);
+        assert!(v.anomalies("2") >= 1, "{}", v.report());
+    }
+
+    #[test]
+    fn a_top_row_naming_an_unknown_ad_is_flagged() {
+        let (mut h, state) = base();
+        h.ops.push(Op {
+            process: 9,
+            node: None,
+            invoked_us: 70,
+            completed_us: 71,
+            kind: OpKind::Top {
+                n: 10,
+                result: Outcome::Ok(vec![("ghost".into(), 1)]),
+            },
+        });
+        let v = check(&h, &state, &[]);
+        assert_eq!(v.anomalies("4"), 1, "{}", v.report());
     }
 }

@@ -4,8 +4,8 @@
 //!
 //! An operation's result is one of three kinds, as in Jepsen:
 //! - `Ok`: the cluster answered; for an ingest, one [`Answer`] per click;
-//! - `Fail`: the operation provably had no effect (the request was refused before anything
-//!   was proposed: only `INVALID_ARGUMENT` qualifies; a failed read has no effect anyway);
+//! - `Fail`: the operation provably had no effect (a failed read; no ingest error proves
+//!   that, see `workload`);
 //! - `Info`: indeterminate. Timeouts, transport errors and every ambiguous answer land
 //!   here: the clicks may or may not have been counted.
 //!
@@ -41,6 +41,13 @@ pub struct Event {
 /// The id of ad number `i` in fault runs.
 pub fn ad_name(i: u32) -> String {
     format!("fad-{i:03}")
+}
+
+/// The number of the ad named `name` by [`ad_name`], if it is one.
+pub fn ad_index(name: &str) -> Option<u32> {
+    let digits = name.strip_prefix("fad-")?;
+    let i: u32 = digits.parse().ok()?;
+    (ad_name(i) == name).then_some(i)
 }
 
 /// What the cluster answered for one click of an ingest.
@@ -100,13 +107,16 @@ pub enum OpKind {
         ad: u32,
         /// The count.
         result: Outcome<u64>,
+        /// The node that answered and the applied index it answered at, when it said.
+        #[serde(default)]
+        served_by: Option<(u64, u64)>,
     },
     /// A linearizable top-N over the run's query range.
     Top {
         /// N.
         n: u32,
-        /// `(ad index, count)` rows, count descending.
-        result: Outcome<Vec<(u32, u64)>>,
+        /// `(ad id, count)` rows, as answered.
+        result: Outcome<Vec<(String, u64)>>,
     },
 }
 

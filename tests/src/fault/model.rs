@@ -16,6 +16,9 @@
 //! below W; the model never forgets. Both count the same: a click whose minute is below W
 //! is late anyway (a click's retries carry the same event time).
 //!
+//! It also records what each click of each entry should have been answered, so the checker
+//! can hold the clients' answers to the log.
+//!
 //! The model knows nothing of the clients' answers, so comparing it with the replicas'
 //! counters catches a replica that counts a retry twice, and comparing it with the
 //! acknowledgements catches an acknowledged click that is not in the log.
@@ -39,11 +42,37 @@ pub struct Counted {
     pub minute: Minute,
 }
 
+/// What the model says a click of an entry should have been answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Counted by this entry.
+    Counted,
+    /// Its id was counted before.
+    Duplicate,
+    /// Too far ahead of the entry's `proposed_at`, or invalid.
+    Rejected,
+    /// Older than the watermark.
+    Late,
+}
+
+/// One ingest entry as the model sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IngestModel {
+    /// Its log index.
+    pub index: u64,
+    /// Its clicks' event ids, in order.
+    pub ids: Vec<String>,
+    /// What each click should have been answered.
+    pub verdicts: Vec<Verdict>,
+}
+
 /// What the model made of one group's log.
 #[derive(Debug, Clone, Default)]
 pub struct GroupModel {
     /// Every counted click, in log order.
     pub counted: Vec<Counted>,
+    /// Every ingest entry, in log order.
+    pub ingests: Vec<IngestModel>,
     /// Every event id that appears in the log (counted or not), as text.
     pub seen: HashSet<String>,
     /// Index of the last entry replayed.
@@ -56,12 +85,21 @@ impl GroupModel {
     /// Counts per (ad, minute) of the clicks counted by entries up to `index` (all when
     /// `None`).
     pub fn buckets(&self, upto: Option<u64>) -> BTreeMap<(String, Minute), u64> {
+        self.fold(upto, |c| (c.ad.clone(), c.minute))
+    }
+
+    /// Counts per ad of the clicks counted by entries up to `index` (all when `None`).
+    pub fn totals(&self, upto: Option<u64>) -> BTreeMap<String, u64> {
+        self.fold(upto, |c| c.ad.clone())
+    }
+
+    fn fold<K: Ord>(&self, upto: Option<u64>, key: impl Fn(&Counted) -> K) -> BTreeMap<K, u64> {
         let mut out = BTreeMap::new();
         for c in &self.counted {
             if upto.is_some_and(|u| c.index > u) {
                 break;
             }
-            *out.entry((c.ad.clone(), c.minute)).or_insert(0) += 1;
+            *out.entry(key(c)).or_insert(0) += 1;
         }
         out
     }
@@ -91,20 +129,32 @@ pub fn replay(entries: &[Entry]) -> GroupModel {
                 }
             }
             Command::Ingest(batch) => {
+                let mut entry = IngestModel {
+                    index,
+                    ids: Vec::with_capacity(batch.clicks.len()),
+                    verdicts: Vec::with_capacity(batch.clicks.len()),
+                };
                 for c in &batch.clicks {
                     let id = String::from_utf8_lossy(c.event_id.as_bytes()).into_owned();
                     out.seen.insert(id.clone());
+                    entry.ids.push(id.clone());
                     let t = c.event_time_ms;
-                    if counted_ids.contains(&id) || c.validate().is_err() {
-                        continue;
-                    }
-                    if t > batch
+                    let verdict = if c.validate().is_err() {
+                        Verdict::Rejected
+                    } else if counted_ids.contains(&id) {
+                        Verdict::Duplicate
+                    } else if t > batch
                         .proposed_at_ms
                         .saturating_add(settings.max_future_skew_ms)
                     {
-                        continue;
-                    }
-                    if watermark.is_some_and(|w| t < w) {
+                        Verdict::Rejected
+                    } else if watermark.is_some_and(|w| t < w) {
+                        Verdict::Late
+                    } else {
+                        Verdict::Counted
+                    };
+                    entry.verdicts.push(verdict);
+                    if verdict != Verdict::Counted {
                         continue;
                     }
                     counted_ids.insert(id.clone());
@@ -120,6 +170,7 @@ pub fn replay(entries: &[Entry]) -> GroupModel {
                     let w = m.saturating_sub(settings.allowed_lateness_ms);
                     watermark = Some(watermark.map_or(w, |old| old.max(w)));
                 }
+                out.ingests.push(entry);
             }
             Command::CreateFilter(_) | Command::DropFilter { .. } => {}
         }

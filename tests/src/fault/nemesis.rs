@@ -11,7 +11,8 @@
 //! | `slow-network` | every link delayed 100-500 ms (up to the election timeout: heartbeats arrive late, elections and retries follow) | — |
 //! | `rolling-restart` | SIGTERM and restart every node in turn, waiting for readiness in between | — |
 //! | `clock-skew` | the leader's `proposed_at` clock set 2.5-10 min behind for half the hold (live clicks are rejected as future events, and must not count), then 2-15 min ahead for the hold (no visible effect) | — |
-//! | `majority-down` | SIGSTOP one node, a second later SIGKILL the other two (power loss); after the hold restart them, and SIGCONT the first a second later | everyone: writes must be refused |
+//! | `majority-down` | SIGSTOP one node, a second later SIGKILL the other two (power loss) and SIGCONT the first; restart the two at the heal | everyone: writes must be refused |
+//! | `majority-down-late-thaw` | as `majority-down`, but the first node stays frozen until a second after the two are restarted | everyone, until the heal |
 //!
 //! A [`Schedule`] is a list of [`Step`]s drawn from the run's seed; the seed and the
 //! schedule's text fully describe a run's faults.
@@ -50,11 +51,14 @@ pub enum Nemesis {
     ClockSkew,
     /// Two of three nodes killed.
     MajorityDown,
+    /// Two of three nodes killed; the third stays frozen until a second after they are
+    /// back.
+    MajorityDownLateThaw,
 }
 
 impl Nemesis {
     /// Every nemesis.
-    pub const ALL: [Nemesis; 10] = [
+    pub const ALL: [Nemesis; 11] = [
         Nemesis::Kill,
         Nemesis::Pause,
         Nemesis::IsolateLeader,
@@ -65,6 +69,7 @@ impl Nemesis {
         Nemesis::RollingRestart,
         Nemesis::ClockSkew,
         Nemesis::MajorityDown,
+        Nemesis::MajorityDownLateThaw,
     ];
 
     /// Its name in schedules and reports.
@@ -80,6 +85,7 @@ impl Nemesis {
             Nemesis::RollingRestart => "rolling-restart",
             Nemesis::ClockSkew => "clock-skew",
             Nemesis::MajorityDown => "majority-down",
+            Nemesis::MajorityDownLateThaw => "majority-down-late-thaw",
         }
     }
 
@@ -348,10 +354,11 @@ pub async fn inject(
                 Undo::Skew(n),
             )
         }
-        Nemesis::MajorityDown => {
-            // The third node is frozen first, so the last second of writes is on the two
-            // that crash and nowhere else: they must come back with it from their own
-            // disks (what they fsynced), or acknowledged clicks are lost.
+        Nemesis::MajorityDown | Nemesis::MajorityDownLateThaw => {
+            // The third node is frozen while the others write on, then thawed once they
+            // are dead: the last second of writes is on the two that crash and nowhere
+            // else (they must bring it back from what they fsynced), and the survivor,
+            // alone, must refuse everything until they return.
             let s = any(&mut rng);
             let pair: Vec<u64> = ids.iter().copied().filter(|&x| x != s).collect();
             cluster.pause(s)?;
@@ -360,11 +367,23 @@ pub async fn inject(
             for &n in &pair {
                 detail.push(crash(cluster, n, power_loss)?);
             }
+            if step.nemesis == Nemesis::MajorityDownLateThaw {
+                // The pair comes back alone: it must elect and serve from its own disks
+                // before the stale third node rejoins.
+                return Ok(Injected {
+                    detail: detail.join("; "),
+                    minority: vec![],
+                    no_quorum: true,
+                    undo: Undo::RestartThenResume(pair, s),
+                });
+            }
+            cluster.resume(s)?;
+            detail.push(format!("SIGCONT node {s}"));
             Injected {
                 detail: detail.join("; "),
-                minority: vec![],
+                minority: vec![s],
                 no_quorum: true,
-                undo: Undo::RestartThenResume(pair, s),
+                undo: Undo::Restart(pair),
             }
         }
     })
@@ -385,8 +404,6 @@ pub async fn heal(injected: &Injected, cluster: &mut Cluster, mesh: &Mesh) -> an
             for &n in nodes {
                 cluster.restart(n)?;
             }
-            // The restarted pair elect a leader from their own logs before the third
-            // node can offer its (older) one.
             tokio::time::sleep(Duration::from_secs(1)).await;
             cluster.resume(*s)?;
         }

@@ -22,7 +22,7 @@ use adclick_proto::model::{Minute, MinuteRange};
 use adclick_proto::wire;
 use anyhow::{bail, Context};
 
-use super::checker::{self, FinalState, Probe, ReplicaGroup, Verdict};
+use super::checker::{self, FinalState, FinalTop, Probe, ReplicaGroup, Verdict};
 use super::history::{ad_name, History, OpKind, Outcome, Recorder, RunInfo};
 use super::model;
 use super::nemesis::{self, Schedule};
@@ -304,12 +304,9 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<RunReport> {
     })
 }
 
-/// A linearizable top-N over every ad after the run, from any node.
-async fn final_top(
-    cluster: &Cluster,
-    range: (i64, i64),
-    ads: u32,
-) -> Result<Vec<(String, u64)>, String> {
+/// A linearizable top-N over every ad after the run, from any node, with the positions it
+/// reflects.
+async fn final_top(cluster: &Cluster, range: (i64, i64), ads: u32) -> Result<FinalTop, String> {
     let mut last = String::new();
     for _ in 0..20 {
         for id in cluster.live_ids() {
@@ -321,12 +318,15 @@ async fn final_top(
             );
             match cluster.query(id).top(req).await {
                 Ok(r) => {
-                    return Ok(r
-                        .into_inner()
-                        .rows
-                        .into_iter()
-                        .map(|r| (r.ad_id, r.count))
-                        .collect())
+                    let r = r.into_inner();
+                    return Ok(FinalTop {
+                        rows: r.rows.into_iter().map(|r| (r.ad_id, r.count)).collect(),
+                        positions: r
+                            .positions
+                            .iter()
+                            .map(|p| (p.group_id, p.applied_index))
+                            .collect(),
+                    });
                 }
                 Err(s) => last = format!("node {id}: {:?} {}", s.code(), s.message()),
             }
@@ -392,7 +392,7 @@ async fn wait_converged(cluster: &Cluster) -> anyhow::Result<()> {
 async fn final_state(
     cluster: &mut Cluster,
     history: &History,
-    final_top: Result<Vec<(String, u64)>, String>,
+    final_top: Result<FinalTop, String>,
 ) -> anyhow::Result<FinalState> {
     let groups = cluster.data_groups();
     let ids = cluster.ids();
@@ -471,6 +471,7 @@ async fn final_state(
                     digest: c.digest.hash,
                     keys: c.digest.keys,
                     buckets: c.buckets.clone(),
+                    totals: c.totals.clone(),
                 },
             );
         }
@@ -483,6 +484,17 @@ async fn final_state(
         }
         let (reference, problems) = compare_logs(g, &logs);
         state.log_problems.extend(problems);
+        // The model must cover what every replica applied, or its counts are not theirs.
+        let last = reference.last().map(|e| e.log_id.index);
+        for (&id, gs) in &state.replicas {
+            let applied = gs.get(&g).and_then(|r| r.applied);
+            if applied > last {
+                state.log_problems.push(format!(
+                    "group {g}: node {id} applied {applied:?}, past the end of the longest \
+                     gap-free raw log ({last:?})"
+                ));
+            }
+        }
         state.models.insert(g, model::replay(reference));
     }
     Ok(state)

@@ -16,6 +16,7 @@
 //! - [`bad_input`]: malformed requests get INVALID_ARGUMENT / 4xx with a reason, never a
 //!   5xx, and the nodes stay up.
 //! - [`filters`]: a registered filter counts exactly the matching clicks.
+//! - [`paused_leader`]: a leader deposed while frozen by SIGSTOP serves no stale read.
 //! - [`shutdown`]: SIGTERM during ingestion exits 0 and loses nothing acknowledged.
 //! - [`tooling`]: gRPC health and reflection answer as `grpcurl` needs them; `/metrics`
 //!   exposes the documented families.
@@ -34,6 +35,7 @@ mod dev;
 mod failover;
 mod filters;
 mod ingest_outcomes;
+mod paused_leader;
 mod read_write;
 mod shutdown;
 mod support;
