@@ -403,8 +403,9 @@ impl Client {
         Ok(resp.results)
     }
 
-    /// Counts one ad's clicks. Sent to the leader of the ad's group, which answers from
-    /// its lease without a network round; any node could answer it.
+    /// Counts one ad's clicks. Sent to the leader of the ad's group, which confirms its
+    /// leadership with one heartbeat round and answers without forwarding; any node could
+    /// answer it.
     pub async fn count(&self, query: CountQuery) -> Result<CountAnswer, Error> {
         let mut att = Attempts::new(&self.inner.config, Instant::now());
         let resp = loop {

@@ -120,24 +120,17 @@ impl Group {
     /// applied to serve a linearizable read. `Ok(Err(hint))` when this node does not lead
     /// the group.
     ///
-    /// Leadership is confirmed by the leader lease when it is fresh (a quorum acknowledged
-    /// this leader within the last election timeout, and voters refuse to elect another
-    /// leader while they still hear from this one: openraft's `LeaseRead`, which assumes
-    /// clocks advance at about the same rate), else by a quorum heartbeat sent after the
-    /// request (`ReadIndex`). Under write load the lease is always fresh, so reads do not
-    /// wait behind a heartbeat round queued after appends.
+    /// Leadership is confirmed by a quorum acknowledging a heartbeat sent after the request
+    /// (openraft's `ReadIndex`), never by the leader lease alone. The fault suite caught
+    /// lease reads (`LeaseRead`) answering from stale state: a leader frozen by SIGSTOP,
+    /// deposed meanwhile, served linearizable counts that missed acknowledged clicks in the
+    /// moment after it woke, before it learned of the new term (3 of 6 `pause` and
+    /// `majority-down-late-thaw` runs; none in 6 with `ReadIndex`; docs/testing.md). The
+    /// price is one heartbeat round trip per read (concurrent reads share one).
     pub async fn read_index(
         &self,
         timeout: Duration,
     ) -> Result<std::result::Result<Option<u64>, Option<LeaderHint>>> {
-        if let Ok(Ok(l)) = tokio::time::timeout(
-            timeout,
-            self.raft.get_read_linearizer(ReadPolicy::LeaseRead),
-        )
-        .await
-        {
-            return Ok(Ok(Some(l.read_log_id().index())));
-        }
         let linear = tokio::time::timeout(
             timeout,
             self.raft.get_read_linearizer(ReadPolicy::ReadIndex),
