@@ -70,12 +70,8 @@ pub const ENV_FAULT_BIN: &str = "ADCLICKD_FAULT_BIN";
 /// --features fault-injection --bin adclickd`, as scripts/test does): release code
 /// generation with the test-only fault switches, kept apart from `target/release`.
 pub fn fault_adclickd_path() -> anyhow::Result<PathBuf> {
-    if let Some(p) = std::env::var_os(ENV_FAULT_BIN) {
-        let p = PathBuf::from(p);
-        if p.is_file() {
-            return Ok(p);
-        }
-        bail!("{ENV_FAULT_BIN}={} is not a file", p.display());
+    if let Some(p) = binary_from_env(ENV_FAULT_BIN)? {
+        return Ok(p);
     }
     let exe = std::env::current_exe().context("locating the test executable")?;
     // Tests run from target/<profile>/deps/, binaries from target/<profile>/.
@@ -98,15 +94,24 @@ pub fn fault_adclickd_path() -> anyhow::Result<PathBuf> {
     )
 }
 
+/// The file `$env` names, if it is set; an error if it is set to anything but a file.
+fn binary_from_env(env: &str) -> anyhow::Result<Option<PathBuf>> {
+    let Some(p) = std::env::var_os(env) else {
+        return Ok(None);
+    };
+    let p = PathBuf::from(p);
+    if p.is_file() {
+        Ok(Some(p))
+    } else {
+        bail!("{env}={} is not a file", p.display())
+    }
+}
+
 /// The binary `name` of package `package`: `$env` if set, else in the profile directory
 /// of the running test executable.
 fn built_binary(name: &str, env: &str, package: &str) -> anyhow::Result<PathBuf> {
-    if let Some(p) = std::env::var_os(env) {
-        let p = PathBuf::from(p);
-        if p.is_file() {
-            return Ok(p);
-        }
-        bail!("{env}={} is not a file", p.display());
+    if let Some(p) = binary_from_env(env)? {
+        return Ok(p);
     }
     let exe = std::env::current_exe().context("locating the test executable")?;
     let profile_dir = exe

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use adclick_proto::model::{AdId, Minute, MinuteRange};
 use adclick_storage::log::{LogConfig, LogStore};
-use adclick_storage::sm::{open_db, SmOptions, StateDigest, StateMachine};
+use adclick_storage::sm::{open_db, SmOptions, SmReader, StateDigest, StateMachine};
 use adclick_storage::types::Entry;
 use anyhow::{ensure, Context};
 
@@ -91,20 +91,30 @@ pub fn state_digests(
     node_dir: &Path,
     groups: &[u64],
 ) -> anyhow::Result<BTreeMap<u64, StateDigest>> {
-    let path = db_path(node_dir);
-    let db = open_db(&path).with_context(|| format!("opening {}", path.display()))?;
     let mut out = BTreeMap::new();
-    for &g in groups {
-        let sm = StateMachine::open(
-            db.clone(),
-            g,
-            snapshot_dir(node_dir, g),
-            SmOptions::default(),
-        )
-        .with_context(|| format!("opening group {g}'s state in {}", path.display()))?;
-        out.insert(g, sm.reader().digest()?);
+    for (g, reader) in group_readers(node_dir, groups)? {
+        out.insert(g, reader.digest()?);
     }
     Ok(out)
+}
+
+/// A reader of each of `groups`' state in the node's database.
+fn group_readers(node_dir: &Path, groups: &[u64]) -> anyhow::Result<Vec<(u64, SmReader)>> {
+    let path = db_path(node_dir);
+    let db = open_db(&path).with_context(|| format!("opening {}", path.display()))?;
+    groups
+        .iter()
+        .map(|&g| {
+            let sm = StateMachine::open(
+                db.clone(),
+                g,
+                snapshot_dir(node_dir, g),
+                SmOptions::default(),
+            )
+            .with_context(|| format!("opening group {g}'s state in {}", path.display()))?;
+            Ok((g, sm.reader()))
+        })
+        .collect()
 }
 
 /// Every committed entry group `group`'s raw log in `node_dir` serves, in index order.
@@ -146,22 +156,12 @@ pub fn group_counters(
     ads: &[String],
     minutes: MinuteRange,
 ) -> anyhow::Result<BTreeMap<u64, GroupCounters>> {
-    let path = db_path(node_dir);
-    let db = open_db(&path).with_context(|| format!("opening {}", path.display()))?;
     let ad_ids = ads
         .iter()
         .map(|a| AdId::new(a).with_context(|| format!("ad id {a:?}")))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let mut out = BTreeMap::new();
-    for &g in groups {
-        let sm = StateMachine::open(
-            db.clone(),
-            g,
-            snapshot_dir(node_dir, g),
-            SmOptions::default(),
-        )
-        .with_context(|| format!("opening group {g}'s state in {}", path.display()))?;
-        let reader = sm.reader();
+    for (g, reader) in group_readers(node_dir, groups)? {
         let mut buckets = BTreeMap::new();
         for ad in &ad_ids {
             for m in minutes.from.0..minutes.to.0 {

@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! cargo build --profile fault -p adclick-server --features fault-injection --bin adclickd
-//! cargo run --release -p adclick-tests --bin fault-suite -- --seeds 20 --duration 60
+//! cargo run -p adclick-tests --bin fault-suite -- --seeds 20 --duration 60
 //! ```
 //!
 //! Options: `--seeds N` (runs, default 5), `--duration S` (seconds of faults per run,

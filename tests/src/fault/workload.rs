@@ -443,6 +443,24 @@ async fn read_loop(ctx: RunContext, process: u32, c: Client, stop: Arc<AtomicBoo
     }
 }
 
+/// Ingests `events` through the routing client as the final process, recorded.
+async fn ingest_final(ctx: &RunContext, c: &Client, events: &[EventIdx]) -> Outcome<Vec<Answer>> {
+    let clicks: Vec<Click> = events.iter().map(|&e| click_of(&ctx.rec, e)).collect();
+    let invoked_us = ctx.rec.now_us();
+    let result = ingest_routed(c, &clicks).await;
+    ctx.rec.op(Op {
+        process: FINAL_PROCESS,
+        node: None,
+        invoked_us,
+        completed_us: ctx.rec.now_us(),
+        kind: OpKind::Ingest {
+            events: events.to_vec(),
+            result: result.clone(),
+        },
+    });
+    result
+}
+
 /// Sends the `unresolved` events again (same ids) until each is answered or `within`
 /// passes; returns those still unanswered.
 pub async fn resolve(
@@ -456,19 +474,7 @@ pub async fn resolve(
     while !left.is_empty() && start.elapsed() < within {
         let mut still = Vec::new();
         for chunk in left.chunks(200) {
-            let clicks: Vec<Click> = chunk.iter().map(|&e| click_of(&ctx.rec, e)).collect();
-            let invoked_us = ctx.rec.now_us();
-            let result = ingest_routed(c, &clicks).await;
-            ctx.rec.op(Op {
-                process: FINAL_PROCESS,
-                node: None,
-                invoked_us,
-                completed_us: ctx.rec.now_us(),
-                kind: OpKind::Ingest {
-                    events: chunk.to_vec(),
-                    result: result.clone(),
-                },
-            });
+            let result = ingest_final(ctx, c, chunk).await;
             if !matches!(result, Outcome::Ok(_) | Outcome::Fail(_)) {
                 still.extend_from_slice(chunk);
             }
@@ -496,19 +502,7 @@ pub async fn probe(ctx: &RunContext, c: &Client, nemesis: &str, heal_us: u64) ->
         error: None,
     };
     while since(&ctx.rec) < give_up {
-        let invoked_us = ctx.rec.now_us();
-        let result = ingest_routed(c, &[click_of(&ctx.rec, e)]).await;
-        ctx.rec.op(Op {
-            process: FINAL_PROCESS,
-            node: None,
-            invoked_us,
-            completed_us: ctx.rec.now_us(),
-            kind: OpKind::Ingest {
-                events: vec![e],
-                result: result.clone(),
-            },
-        });
-        match result {
+        match ingest_final(ctx, c, &[e]).await {
             Outcome::Ok(a) if a.first().is_some_and(|a| a.acked()) => {
                 probe.write_after = Some(since(&ctx.rec));
                 break;

@@ -24,12 +24,7 @@ async fn a_paused_leader_never_serves_a_stale_linearizable_read() {
     // The ad's group, as a read reports it.
     let group = cluster
         .query(1)
-        .count(count_request(
-            &ad,
-            range,
-            "",
-            wire::Consistency::Stale,
-        ))
+        .count(count_request(&ad, range, "", wire::Consistency::Stale))
         .await
         .expect("a stale count")
         .into_inner()
