@@ -125,7 +125,9 @@ impl Group {
     /// lease reads (`LeaseRead`) answering from stale state: a leader frozen by SIGSTOP,
     /// deposed meanwhile, served linearizable counts that missed acknowledged clicks in the
     /// moment after it woke, before it learned of the new term (3 of 6 `pause` and
-    /// `majority-down-late-thaw` runs; none in 6 with `ReadIndex`; docs/testing.md). The
+    /// `majority-down-late-thaw` runs; none in 6 with `ReadIndex`). It is rarer since,
+    /// but not gone: a node woken from SIGSTOP still answered one stale read in a
+    /// ten-run long mode, through a path not found yet (docs/testing.md, "Open"). The
     /// price is one heartbeat round trip per read (concurrent reads share one).
     pub async fn read_index(
         &self,
