@@ -78,7 +78,9 @@ impl Default for WorkloadConfig {
             duplicate_chance: 0.15,
             pause: Duration::from_millis(10),
             call_deadline: Duration::from_secs(4),
-            pinned_timeout: Duration::from_secs(2),
+            // Short enough that a whole request fits inside a 3 s fault even behind one
+            // that was in flight when the fault began, so the cut-off side is asked.
+            pinned_timeout: Duration::from_secs(1),
         }
     }
 }
