@@ -120,15 +120,16 @@ impl Group {
     /// applied to serve a linearizable read. `Ok(Err(hint))` when this node does not lead
     /// the group.
     ///
-    /// Leadership is confirmed by a quorum acknowledging a heartbeat sent after the request
-    /// (openraft's `ReadIndex`), never by the leader lease alone. The fault suite caught
-    /// lease reads (`LeaseRead`) answering from stale state: a leader frozen by SIGSTOP,
-    /// deposed meanwhile, served linearizable counts that missed acknowledged clicks in the
-    /// moment after it woke, before it learned of the new term (3 of 6 `pause` and
-    /// `majority-down-late-thaw` runs; none in 6 with `ReadIndex`). It is rarer since,
-    /// but not gone: a node woken from SIGSTOP still answered one stale read in a
-    /// ten-run long mode, through a path not found yet (docs/testing.md, "Open"). The
-    /// price is one heartbeat round trip per read (concurrent reads share one).
+    /// Leadership is confirmed by a quorum acknowledging a heartbeat or append sent after
+    /// the request (openraft's `ReadIndex`), never by the leader lease alone; concurrent
+    /// reads share one round. The acknowledgement is sound only because every append
+    /// stream goes through [`crate::raft::ack_guard`]: openraft on its own credits a
+    /// follower's answer to an entry-less append queued behind the one answered, so a
+    /// leader woken from SIGSTOP with old answers in its sockets counted a quorum it no
+    /// longer had and served linearizable counts that missed acknowledged clicks (found by
+    /// the fault suite's `pause`; docs/testing.md). Lease reads failed the same way
+    /// before the guard existed (3 of 6 pause-heavy runs); they stay off: a lease also
+    /// trusts clocks, and a read index costs one round trip.
     pub async fn read_index(
         &self,
         timeout: Duration,

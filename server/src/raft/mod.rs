@@ -2,9 +2,12 @@
 //! side ([`network`]) and server side ([`service`]), and the conversions between
 //! openraft's messages and the wire ([`convert`]).
 
+pub mod ack_guard;
 pub mod convert;
 pub mod network;
 pub mod service;
+#[cfg(test)]
+pub mod sim;
 
 use std::sync::Arc;
 

@@ -35,6 +35,7 @@ use openraft::raft::{
 use openraft::BasicNode;
 use tonic::transport::{Channel, Endpoint};
 
+use super::ack_guard::AckGuard;
 use super::convert;
 use super::Snapshot;
 
@@ -242,7 +243,12 @@ impl NetStreamAppend<TypeConfig> for Conn {
     {
         let group = self.group;
         Box::pin(async move {
-            let requests = input.map(move |r| convert::append_request_to_wire(group, &r));
+            // openraft would credit an answer to an entry-less append queued behind the
+            // one it answers, with that append's later send time (see `ack_guard`).
+            let guard = AckGuard::new();
+            let requests = guard
+                .requests(input)
+                .map(move |r| convert::append_request_to_wire(group, &r));
             let req = target(tonic::Request::new(requests), self.target);
             // No deadline: the stream lives as long as the replication session; a dead
             // peer is detected by the HTTP/2 keepalive.
@@ -255,7 +261,7 @@ impl NetStreamAppend<TypeConfig> for Conn {
                 Ok(resp) => convert::append_result_from_wire(&resp).map_err(malformed),
                 Err(s) => Err(conn.fail(&s)),
             });
-            Ok(Box::pin(out) as BoxStream<'s, _>)
+            Ok(Box::pin(guard.answers(out)) as BoxStream<'s, _>)
         })
     }
 }
