@@ -39,7 +39,7 @@ type RpcError = RPCError<TypeConfig>;
 /// What one directed link does.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Link {
-    /// Calls fail at once with `Unreachable`.
+    /// New calls fail at once with `Unreachable`; open streams end.
     pub cut: bool,
     /// Requests are taken from the sender but not delivered.
     pub hold_requests: bool,
@@ -137,7 +137,8 @@ impl Conn {
     }
 }
 
-/// Holds each item of `s` until the link's `open` holds.
+/// Holds each item of `s` until the link's `open` holds; ends the stream if the link is
+/// cut first.
 fn gated<S>(
     s: S,
     net: Arc<Net>,
@@ -150,7 +151,10 @@ where
 {
     futures::stream::unfold((s, net), move |(mut s, net)| async move {
         let item = s.next().await?;
-        net.wait_for(from, to, open).await;
+        net.wait_for(from, to, |l| l.cut || open(l)).await;
+        if net.link(from, to).cut {
+            return None;
+        }
         Some((item, (s, net)))
     })
 }
