@@ -35,6 +35,12 @@
 //! Withholding an answer only delays progress: the later answer reports at least as
 //! much, and if the stream breaks first, openraft resends from what it last heard. The
 //! gate holds a request back for the time openraft takes to handle one answer.
+//!
+//! A stream openraft stops reading (after a conflict, a higher vote, a transport error,
+//! or when it cancels the session) is closed: the request side ends at once instead of
+//! waiting at the gate for a poll that will not come. Otherwise the stream would stay
+//! open on both nodes, and openraft's request generator, parked inside it holding the
+//! replication session's state, would block the next session to that follower.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -62,6 +68,8 @@ struct State {
     handed: bool,
     /// The request side, waiting for `handed` to clear.
     waiting: Option<Waker>,
+    /// openraft reads no more answers: the request side ends.
+    closed: bool,
     /// Answers withheld so far.
     withheld: u64,
 }
@@ -79,6 +87,16 @@ impl AckGuard {
     /// Answers withheld so far on this stream.
     pub fn withheld(&self) -> u64 {
         self.lock().withheld
+    }
+
+    /// Ends the request side: openraft reads no more answers.
+    fn close(&self) {
+        let mut st = self.lock();
+        st.closed = true;
+        st.handed = false;
+        if let Some(w) = st.waiting.take() {
+            w.wake();
+        }
     }
 
     /// Wraps openraft's request stream: records each request as it is taken, and takes
@@ -121,6 +139,10 @@ where
         // request inside this poll, and the answer side must see it recorded before
         // deciding whether an answer can be handed over.
         let mut st = this.guard.lock();
+        if st.closed {
+            // Never poll openraft's stream again: its requests belong to no session now.
+            return Poll::Ready(None);
+        }
         if st.handed {
             st.waiting = Some(cx.waker().clone());
             return Poll::Pending;
@@ -161,7 +183,10 @@ where
         loop {
             let item = match Pin::new(&mut this.inner).poll_next(cx) {
                 Poll::Pending => return Poll::Pending,
-                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Ready(None) => {
+                    this.guard.close();
+                    return Poll::Ready(None);
+                }
                 Poll::Ready(Some(item)) => item,
             };
             let mut st = this.guard.lock();
@@ -178,16 +203,24 @@ where
                         st.withheld += 1;
                         continue;
                     }
+                    st.handed = true;
                 }
-                Ok(Err(_)) => {
-                    st.sent.pop_front();
+                // A rejection (conflict, higher vote) or a transport error: openraft ends
+                // the session on it and reads no further.
+                Ok(Err(_)) | Err(_) => {
+                    drop(st);
+                    this.guard.close();
                 }
-                // A transport error ends the stream.
-                Err(_) => {}
             }
-            st.handed = true;
             return Poll::Ready(Some(item));
         }
+    }
+}
+
+impl<R> Drop for Answers<R> {
+    fn drop(&mut self) {
+        // openraft dropped the stream: it ended or cancelled the session.
+        self.guard.close();
     }
 }
 
@@ -223,7 +256,8 @@ mod tests {
         requests:
             Requests<futures::channel::mpsc::UnboundedReceiver<AppendEntriesRequest<TypeConfig>>>,
         to_guard: futures::channel::mpsc::UnboundedSender<AppendEntriesRequest<TypeConfig>>,
-        answers: Answers<futures::channel::mpsc::UnboundedReceiver<Answer>>,
+        /// `None` once openraft dropped the answer stream.
+        answers: Option<Answers<futures::channel::mpsc::UnboundedReceiver<Answer>>>,
         from_follower: futures::channel::mpsc::UnboundedSender<Answer>,
     }
 
@@ -234,7 +268,7 @@ mod tests {
             let (from_follower, arx) = futures::channel::mpsc::unbounded();
             Harness {
                 requests: guard.requests(rx),
-                answers: guard.answers(arx),
+                answers: Some(guard.answers(arx)),
                 guard,
                 to_guard,
                 from_follower,
@@ -257,7 +291,8 @@ mod tests {
         fn next_answer(&mut self) -> Option<Answer> {
             let waker = futures::task::noop_waker();
             let mut cx = Context::from_waker(&waker);
-            match Pin::new(&mut self.answers).poll_next(&mut cx) {
+            let answers = self.answers.as_mut().expect("the answer stream is open");
+            match Pin::new(answers).poll_next(&mut cx) {
                 Poll::Ready(Some(a)) => Some(a),
                 _ => None,
             }
@@ -265,12 +300,16 @@ mod tests {
 
         /// The transport asks for the next request; whether it got one.
         fn take_request(&mut self) -> bool {
+            self.next_request() == Poll::Ready(true)
+        }
+
+        /// The transport polls the request side: pending, a request (`true`) or the end.
+        fn next_request(&mut self) -> Poll<bool> {
             let waker = futures::task::noop_waker();
             let mut cx = Context::from_waker(&waker);
-            matches!(
-                Pin::new(&mut self.requests).poll_next(&mut cx),
-                Poll::Ready(Some(_))
-            )
+            Pin::new(&mut self.requests)
+                .poll_next(&mut cx)
+                .map(|r| r.is_some())
         }
     }
 
@@ -310,12 +349,26 @@ mod tests {
     }
 
     #[test]
-    fn rejections_and_conflicts_pass_and_consume_their_request() {
+    fn a_conflict_passes_and_ends_the_requests() {
         let mut h = Harness::new();
         assert!(h.send(req(Some(4), &[5])));
         let conflict: Answer = Ok(Err(StreamAppendError::Conflict(log_id(1, 1, 4))));
         assert_eq!(h.answer(conflict.clone()), Some(conflict));
-        assert!(h.guard.lock().sent.is_empty());
+        // openraft ends the session on a conflict and reads no further: the request side
+        // must end rather than wait at the gate for a poll that never comes.
+        assert_eq!(h.next_request(), Poll::Ready(false));
+    }
+
+    #[test]
+    fn dropping_the_answers_ends_the_requests() {
+        let mut h = Harness::new();
+        assert!(h.send(req(Some(0), &[1])));
+        assert_eq!(h.answer(ok(1)), Some(ok(1)));
+        // The gate is shut while openraft handles the answer...
+        assert!(!h.send(req(Some(1), &[])));
+        // ...and openraft drops the stream instead (its session was cancelled).
+        h.answers = None;
+        assert_eq!(h.next_request(), Poll::Ready(false));
     }
 
     #[tokio::test]

@@ -47,11 +47,26 @@ pub struct Link {
     pub hold_answers: bool,
 }
 
+/// An append request a link took from its sender.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Taken {
+    /// The index of the request's `prev_log_id`.
+    pub prev: Option<u64>,
+    /// How many entries it carried.
+    pub entries: usize,
+    /// Sent by the leader's heartbeat worker rather than its replication stream.
+    pub heartbeat: bool,
+}
+
 /// The network: the nodes and the state of every directed link.
 pub struct Net {
     nodes: Mutex<BTreeMap<u64, GroupRaft>>,
     links: watch::Sender<BTreeMap<(u64, u64), Link>>,
     guarded: bool,
+    /// Every append request each link took, in order.
+    taken: Mutex<BTreeMap<(u64, u64), Vec<Taken>>>,
+    /// The guard of every append stream opened on each link.
+    guards: Mutex<Vec<((u64, u64), AckGuard)>>,
 }
 
 impl Net {
@@ -60,7 +75,25 @@ impl Net {
             nodes: Mutex::new(BTreeMap::new()),
             links: watch::Sender::new(BTreeMap::new()),
             guarded,
+            taken: Mutex::new(BTreeMap::new()),
+            guards: Mutex::new(Vec::new()),
         })
+    }
+
+    /// The append requests the link `from -> to` has taken so far.
+    pub fn taken(&self, from: u64, to: u64) -> Vec<Taken> {
+        let taken = self.taken.lock().unwrap_or_else(|p| p.into_inner());
+        taken.get(&(from, to)).cloned().unwrap_or_default()
+    }
+
+    /// Answers the guards of the link `from -> to` withheld from openraft so far.
+    pub fn withheld(&self, from: u64, to: u64) -> u64 {
+        let guards = self.guards.lock().unwrap_or_else(|p| p.into_inner());
+        guards
+            .iter()
+            .filter(|(link, _)| *link == (from, to))
+            .map(|(_, g)| g.withheld())
+            .sum()
     }
 
     fn link(&self, from: u64, to: u64) -> Link {
@@ -115,6 +148,14 @@ impl RaftNetworkFactory<TypeConfig> for Factory {
             from: self.from,
             to: target,
             net: Arc::clone(&self.net),
+            heartbeat: false,
+        }
+    }
+
+    async fn new_heartbeat_client(&mut self, target: u64, node: &BasicNode) -> Conn {
+        Conn {
+            heartbeat: true,
+            ..self.new_client(target, node).await
         }
     }
 }
@@ -124,6 +165,8 @@ pub struct Conn {
     from: u64,
     to: u64,
     net: Arc<Net>,
+    /// Made for openraft's heartbeat worker.
+    heartbeat: bool,
 }
 
 impl Conn {
@@ -175,6 +218,10 @@ impl NetStreamAppend<TypeConfig> for Conn {
             let target = self.target()?;
             let link = (self.from, self.to);
             let guard = self.net.guarded.then(AckGuard::new);
+            if let Some(g) = &guard {
+                let mut guards = self.net.guards.lock().unwrap_or_else(|p| p.into_inner());
+                guards.push((link, g.clone()));
+            }
             let input: BoxStream<'static, _> = match &guard {
                 Some(g) => Box::pin(g.requests(input)),
                 None => Box::pin(input),
@@ -182,9 +229,18 @@ impl NetStreamAppend<TypeConfig> for Conn {
             // The transport takes requests as soon as openraft offers them (a socket
             // buffers them), whether or not the link delivers them yet.
             let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            let (net, heartbeat) = (Arc::clone(&self.net), self.heartbeat);
             tokio::spawn(async move {
                 let mut input = input;
                 while let Some(r) = input.next().await {
+                    let taken = Taken {
+                        prev: r.prev_log_id.map(|l| l.index),
+                        entries: r.entries.len(),
+                        heartbeat,
+                    };
+                    let mut all = net.taken.lock().unwrap_or_else(|p| p.into_inner());
+                    all.entry(link).or_default().push(taken);
+                    drop(all);
                     if tx.send(r).is_err() {
                         break;
                     }
@@ -419,8 +475,10 @@ mod tests {
         Stale { read_index: u64, committed: u64 },
         /// Confirmed with an index covering every earlier write.
         Fresh,
-        /// Refused.
+        /// Refused by openraft.
         Refused(String),
+        /// No answer at all within 5 s (openraft gives up on a read after its lease).
+        NoAnswer,
     }
 
     impl std::fmt::Display for Woken {
@@ -436,7 +494,31 @@ mod tests {
                 ),
                 Woken::Fresh => write!(f, "confirmed with an index covering every write"),
                 Woken::Refused(why) => write!(f, "refused: {why}"),
+                Woken::NoAnswer => write!(f, "no answer within 5 s"),
             }
+        }
+    }
+
+    /// How the scenario went.
+    #[derive(Debug)]
+    struct Report {
+        /// The read.
+        woken: Woken,
+        /// Answers the guard withheld on the link from the woken leader to the follower
+        /// whose answer came second.
+        withheld: u64,
+    }
+
+    /// Waits until the link `from -> to` has taken a request that satisfies `f`.
+    async fn wait_taken(c: &Cluster, from: u64, to: u64, what: &str, f: impl Fn(&Taken) -> bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while !c.net.taken(from, to).iter().any(&f) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "link {from}->{to} took no {what} within 5 s: {:?}",
+                c.net.taken(from, to)
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
 
@@ -449,7 +531,8 @@ mod tests {
     /// 5. `l` wakes and reads its sockets: first one follower's answer (W1 commits, so
     ///    the stream to the other follower queues an entry-less append to carry the new
     ///    commit index), then the other follower's answer to W1.
-    async fn read_on_a_woken_leader(guarded: bool) -> anyhow::Result<Woken> {
+    /// 6. Every link heals, and `l` must catch up with the new leader's writes.
+    async fn read_on_a_woken_leader(guarded: bool) -> anyhow::Result<Report> {
         let c = Cluster::start(guarded).await?;
         let (l, term, w0) = c.write(&[1, 2, 3], 0).await?;
         let f: Vec<u64> = [1, 2, 3].into_iter().filter(|&n| n != l).collect();
@@ -482,22 +565,27 @@ mod tests {
         }
         // 3. A new leader commits W2.
         let (_, _, w2) = c.write(&[a, b], term).await?;
-        // 4. The read.
+        // 4. The read. (Nothing outside shows when openraft has queued it; it has long
+        // before the next step, which waits for a write to commit through it.)
         let raft_l = c.raft(l);
         let read =
             tokio::spawn(async move { raft_l.get_read_linearizer(ReadPolicy::ReadIndex).await });
         tokio::time::sleep(Duration::from_millis(100)).await;
-        // 5. `l` wakes: `b`'s answer first; W1 commits on `l`.
+        // 5. `l` wakes: `b`'s answer first; W1 commits on `l`, and the stream to `a`
+        // queues an entry-less append carrying the new commit index.
         c.net.set(l, b, |k| k.hold_answers = false);
         c.wait(l, "W1 committed", |m| {
             m.last_applied.as_ref().map(|x| x.index) >= Some(w1)
         })
         .await?;
-        // The entry-less append carrying the new commit index is queued to `a`.
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        wait_taken(&c, l, a, "entry-less append after W1", |t| {
+            !t.heartbeat && t.entries == 0 && t.prev == Some(w1)
+        })
+        .await;
+        // Then `a`'s answer to W1.
         c.net.set(l, a, |k| k.hold_answers = false);
-        let outcome = match tokio::time::timeout(Duration::from_secs(5), read).await {
-            Err(_) => Woken::Refused("no answer within 5 s".into()),
+        let woken = match tokio::time::timeout(Duration::from_secs(5), read).await {
+            Err(_) => Woken::NoAnswer,
             Ok(joined) => match joined? {
                 Ok(lin) => {
                     let read_index = lin.read_log_id().index();
@@ -513,22 +601,37 @@ mod tests {
                 Err(e) => Woken::Refused(e.to_string()),
             },
         };
+        let withheld = c.net.withheld(l, a);
+        // 6. Heal.
         w1_write.abort();
+        for n in [a, b] {
+            c.net.set(l, n, |k| *k = Link::default());
+            c.net.set(n, l, |k| *k = Link::default());
+        }
+        c.wait(l, "caught up with the new leader", |m| {
+            m.last_applied.as_ref().map(|x| x.index) >= Some(w2)
+        })
+        .await?;
         for raft in (1..=3).map(|id| c.raft(id)) {
             raft.shutdown().await.ok();
         }
-        Ok(outcome)
+        Ok(Report { woken, withheld })
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_woken_leader_does_not_confirm_a_read_with_answers_sent_before_it() {
-        let outcome = read_on_a_woken_leader(true)
+        let report = read_on_a_woken_leader(true)
             .await
             .expect("the scenario runs");
-        println!("guarded: {outcome}");
+        println!("guarded: {report:?}");
         assert!(
-            matches!(outcome, Woken::Refused(_)),
-            "a leader deposed while frozen confirmed a linearizable read: {outcome}"
+            matches!(report.woken, Woken::Refused(_)),
+            "a leader deposed while frozen confirmed a linearizable read, or hung: {}",
+            report.woken
+        );
+        assert!(
+            report.withheld >= 1,
+            "the guard withheld no answer: the scenario did not reach the race ({report:?})"
         );
     }
 
@@ -537,13 +640,14 @@ mod tests {
     /// openraft upgrade, the upgrade fixed the matching, and the guard can go.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn without_the_guard_openraft_confirms_the_stale_read() {
-        let outcome = read_on_a_woken_leader(false)
+        let report = read_on_a_woken_leader(false)
             .await
             .expect("the scenario runs");
-        println!("bare openraft: {outcome}");
+        println!("bare openraft: {report:?}");
         assert!(
-            matches!(outcome, Woken::Stale { .. }),
-            "openraft no longer confirms the stale read ({outcome}): re-check AckGuard"
+            matches!(report.woken, Woken::Stale { .. }),
+            "openraft no longer confirms the stale read ({}): re-check AckGuard",
+            report.woken
         );
     }
 }
