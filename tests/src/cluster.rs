@@ -814,15 +814,59 @@ pub fn channel_to(addr: SocketAddr, timeout: Duration) -> Channel {
         .connect_lazy()
 }
 
-/// `n` distinct free TCP ports on 127.0.0.1: all are bound at once (so they differ), then
-/// released for the nodes to bind.
+/// The ports the kernel hands out for outgoing connections and `bind(0)`
+/// (`net.ipv4.ip_local_port_range`; Linux's default when it cannot be read).
+fn ephemeral_range() -> (u16, u16) {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| {
+            let mut it = s.split_whitespace().map(str::parse::<u16>);
+            Some((it.next()?.ok()?, it.next()?.ok()?))
+        })
+        .unwrap_or((32768, 60999))
+}
+
+/// `n` distinct free TCP ports on 127.0.0.1 for nodes to bind, chosen below the kernel's
+/// ephemeral range. A port from `bind(0)` is an ephemeral one: released for a node to
+/// bind, it can be handed out again meanwhile, to another `bind(0)` or an outgoing
+/// connection, and the node then fails with "address in use". The fault suite's long
+/// mode met this in 2 of 10 runs: the fault proxy, binding its listeners right after
+/// the nodes' ports were picked, got a node's port. Ports below the range are never
+/// handed out that way. Each is checked free by binding it, and all stay bound until
+/// every one is chosen, so they differ.
 fn free_ports(n: usize) -> anyhow::Result<Vec<SocketAddr>> {
-    let listeners = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0"))
-        .collect::<Result<Vec<_>, _>>()
-        .context("binding 127.0.0.1:0")?;
-    listeners
-        .iter()
+    use rand::Rng;
+    const LOWEST: u16 = 10_000;
+    let below = ephemeral_range().0.saturating_sub(1);
+    if below < LOWEST.saturating_add(1_000) {
+        // No room below the range: fall back to ephemeral ports.
+        let listeners = (0..n)
+            .map(|_| TcpListener::bind("127.0.0.1:0"))
+            .collect::<Result<Vec<_>, _>>()
+            .context("binding 127.0.0.1:0")?;
+        return listeners
+            .iter()
+            .map(|l| l.local_addr().context("local_addr"))
+            .collect();
+    }
+    let mut rng = rand::rng();
+    let mut held: Vec<TcpListener> = Vec::with_capacity(n);
+    for _ in 0..n.saturating_mul(100) {
+        if held.len() == n {
+            break;
+        }
+        let port = rng.random_range(LOWEST..=below);
+        // A port in use (by another test's node, say) fails to bind and is skipped.
+        if let Ok(l) = TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, port)) {
+            held.push(l);
+        }
+    }
+    anyhow::ensure!(
+        held.len() == n,
+        "found only {} of {n} free ports in 127.0.0.1:{LOWEST}..={below}",
+        held.len()
+    );
+    held.iter()
         .map(|l| l.local_addr().context("local_addr"))
         .collect()
 }
@@ -840,11 +884,16 @@ mod tests {
     }
 
     #[test]
-    fn free_ports_are_distinct() {
+    fn free_ports_are_distinct_and_not_ephemeral() {
         let ports = free_ports(6).expect("ports");
         let mut set: Vec<u16> = ports.iter().map(SocketAddr::port).collect();
         set.sort_unstable();
         set.dedup();
         assert_eq!(set.len(), 6);
+        let (lo, hi) = ephemeral_range();
+        assert!(
+            set.iter().all(|p| !(lo..=hi).contains(p)),
+            "{set:?} overlaps the ephemeral range {lo}..={hi}"
+        );
     }
 }
