@@ -275,12 +275,7 @@ impl NetVote<TypeConfig> for Conn {
         rpc: VoteRequest<TypeConfig>,
         _option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RpcError> {
-        let target = self.target()?;
-        let (from, to) = (self.from, self.to);
-        target.vote(rpc).await.map_err(|e| {
-            tracing::debug!(error = %e, "sim: node {to} failed a vote from {from}");
-            Net::unreachable(from, to)
-        })
+        self.send_vote(rpc, false).await
     }
 
     async fn pre_vote(
@@ -288,11 +283,26 @@ impl NetVote<TypeConfig> for Conn {
         rpc: VoteRequest<TypeConfig>,
         _option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RpcError> {
+        self.send_vote(rpc, true).await
+    }
+}
+
+impl Conn {
+    /// Delivers a vote or, with `pre`, a pre-vote request.
+    async fn send_vote(
+        &self,
+        rpc: VoteRequest<TypeConfig>,
+        pre: bool,
+    ) -> Result<VoteResponse<TypeConfig>, RpcError> {
         let target = self.target()?;
-        let (from, to) = (self.from, self.to);
-        target.pre_vote(rpc).await.map_err(|e| {
-            tracing::debug!(error = %e, "sim: node {to} failed a pre_vote from {from}");
-            Net::unreachable(from, to)
+        let answer = if pre {
+            target.pre_vote(rpc).await
+        } else {
+            target.vote(rpc).await
+        };
+        answer.map_err(|e| {
+            tracing::debug!(error = %e, pre, "sim: node {} failed a vote from {}", self.to, self.from);
+            Net::unreachable(self.from, self.to)
         })
     }
 }
