@@ -838,34 +838,32 @@ fn free_ports(n: usize) -> anyhow::Result<Vec<SocketAddr>> {
     use rand::Rng;
     const LOWEST: u16 = 10_000;
     let below = ephemeral_range().0.saturating_sub(1);
-    if below < LOWEST.saturating_add(1_000) {
+    let held = if below < LOWEST.saturating_add(1_000) {
         // No room below the range: fall back to ephemeral ports.
-        let listeners = (0..n)
+        (0..n)
             .map(|_| TcpListener::bind("127.0.0.1:0"))
             .collect::<Result<Vec<_>, _>>()
-            .context("binding 127.0.0.1:0")?;
-        return listeners
-            .iter()
-            .map(|l| l.local_addr().context("local_addr"))
-            .collect();
-    }
-    let mut rng = rand::rng();
-    let mut held: Vec<TcpListener> = Vec::with_capacity(n);
-    for _ in 0..n.saturating_mul(100) {
-        if held.len() == n {
-            break;
+            .context("binding 127.0.0.1:0")?
+    } else {
+        let mut rng = rand::rng();
+        let mut held: Vec<TcpListener> = Vec::with_capacity(n);
+        for _ in 0..n.saturating_mul(100) {
+            if held.len() == n {
+                break;
+            }
+            let port = rng.random_range(LOWEST..=below);
+            // A port in use (by another test's node, say) fails to bind and is skipped.
+            if let Ok(l) = TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, port)) {
+                held.push(l);
+            }
         }
-        let port = rng.random_range(LOWEST..=below);
-        // A port in use (by another test's node, say) fails to bind and is skipped.
-        if let Ok(l) = TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, port)) {
-            held.push(l);
-        }
-    }
-    anyhow::ensure!(
-        held.len() == n,
-        "found only {} of {n} free ports in 127.0.0.1:{LOWEST}..={below}",
-        held.len()
-    );
+        anyhow::ensure!(
+            held.len() == n,
+            "found only {} of {n} free ports in 127.0.0.1:{LOWEST}..={below}",
+            held.len()
+        );
+        held
+    };
     held.iter()
         .map(|l| l.local_addr().context("local_addr"))
         .collect()

@@ -74,6 +74,16 @@ struct State {
     withheld: u64,
 }
 
+impl State {
+    /// Opens the gate: openraft is done with the answer it was handed.
+    fn release(&mut self) {
+        self.handed = false;
+        if let Some(w) = self.waiting.take() {
+            w.wake();
+        }
+    }
+}
+
 impl AckGuard {
     /// A guard for one new stream.
     pub fn new() -> Self {
@@ -93,10 +103,7 @@ impl AckGuard {
     fn close(&self) {
         let mut st = self.lock();
         st.closed = true;
-        st.handed = false;
-        if let Some(w) = st.waiting.take() {
-            w.wake();
-        }
+        st.release();
     }
 
     /// Wraps openraft's request stream: records each request as it is taken, and takes
@@ -170,16 +177,8 @@ where
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
-        {
-            // openraft asks for the next answer: it is done with the last one.
-            let mut st = this.guard.lock();
-            if st.handed {
-                st.handed = false;
-                if let Some(w) = st.waiting.take() {
-                    w.wake();
-                }
-            }
-        }
+        // openraft asks for the next answer: it is done with the last one.
+        this.guard.lock().release();
         loop {
             let item = match Pin::new(&mut this.inner).poll_next(cx) {
                 Poll::Pending => return Poll::Pending,

@@ -124,13 +124,17 @@ impl Net {
         )))
     }
 
-    /// Waits until `open` holds for the link `from -> to`.
-    async fn wait_for(&self, from: u64, to: u64, open: impl Fn(&Link) -> bool) {
+    /// Waits until `open` holds for the link `from -> to`; the link as it then was.
+    async fn wait_for(&self, from: u64, to: u64, open: impl Fn(&Link) -> bool) -> Link {
         let mut rx = self.links.subscribe();
+        let link_of =
+            |m: &BTreeMap<(u64, u64), Link>| m.get(&(from, to)).copied().unwrap_or_default();
         // An error means the network is gone: nothing is held any more.
-        let _ = rx
-            .wait_for(|m| open(&m.get(&(from, to)).copied().unwrap_or_default()))
-            .await;
+        let link = match rx.wait_for(|m| open(&link_of(m))).await {
+            Ok(m) => link_of(&m),
+            Err(_) => Link::default(),
+        };
+        link
     }
 }
 
@@ -194,8 +198,7 @@ where
 {
     futures::stream::unfold((s, net), move |(mut s, net)| async move {
         let item = s.next().await?;
-        net.wait_for(from, to, |l| l.cut || open(l)).await;
-        if net.link(from, to).cut {
+        if net.wait_for(from, to, |l| l.cut || open(l)).await.cut {
             return None;
         }
         Some((item, (s, net)))
