@@ -127,9 +127,10 @@ impl Group {
     /// follower's answer to an entry-less append queued behind the one answered, so a
     /// leader woken from SIGSTOP with old answers in its sockets counted a quorum it no
     /// longer had and served linearizable counts that missed acknowledged clicks (found by
-    /// the fault suite's `pause`; docs/testing.md). Lease reads failed the same way
-    /// before the guard existed (3 of 6 pause-heavy runs); they stay off: a lease also
-    /// trusts clocks, and a read index costs one round trip.
+    /// the fault suite's `pause`; docs/testing.md). Lease reads were stale more often
+    /// before the guard existed (3 of 6 pause-heavy runs), most likely the same way; they
+    /// stay off: a lease also trusts clocks, and a read index costs one round trip
+    /// (measured in docs/performance.md).
     pub async fn read_index(
         &self,
         timeout: Duration,
